@@ -1,0 +1,120 @@
+import { Metadata, status as Code, type ServiceError, type StatusObject } from '@grpc/grpc-js';
+import { Any } from '../proto/gen/google/protobuf/any.js';
+import { Status } from '../proto/gen/google/rpc/status.js';
+import { BadRequest, ErrorInfo, ResourceInfo, RetryInfo } from '../proto/gen/google/rpc/error_details.js';
+import { DomainError, isDomainError, type ErrorKind } from './errors.js';
+import type { Logger } from './logging.js';
+
+/** The one mapping from domain errors to gRPC status (DESIGN.md, "Errors"). */
+export const statusOfKind: Record<ErrorKind, Code> = {
+  invalid_argument: Code.INVALID_ARGUMENT,
+  not_found: Code.NOT_FOUND,
+  already_exists: Code.ALREADY_EXISTS,
+  failed_precondition: Code.FAILED_PRECONDITION,
+  resource_exhausted: Code.RESOURCE_EXHAUSTED,
+  aborted: Code.ABORTED,
+  unavailable: Code.UNAVAILABLE,
+  permission_denied: Code.PERMISSION_DENIED,
+};
+
+export const ERROR_DOMAIN = 'passthru.dev';
+const DETAILS_KEY = 'grpc-status-details-bin';
+const TYPE_PREFIX = 'type.googleapis.com/';
+
+function pack(typeName: string, value: Uint8Array): Any {
+  return { typeUrl: TYPE_PREFIX + typeName, value: Buffer.from(value) };
+}
+
+function detailsOf(err: DomainError): Any[] {
+  const details: Any[] = [
+    pack('google.rpc.ErrorInfo', ErrorInfo.encode({ reason: err.reason, domain: ERROR_DOMAIN, metadata: {} }).finish()),
+  ];
+  const e = err as DomainError & Record<string, unknown>;
+  if (err.kind === 'invalid_argument' && typeof e.field === 'string') {
+    details.push(
+      pack(
+        'google.rpc.BadRequest',
+        BadRequest.encode({ fieldViolations: [{ field: e.field, description: err.message }] }).finish(),
+      ),
+    );
+  }
+  if ((err.kind === 'not_found' || err.kind === 'already_exists') && typeof e.resourceType === 'string') {
+    details.push(
+      pack(
+        'google.rpc.ResourceInfo',
+        ResourceInfo.encode({
+          resourceType: e.resourceType,
+          resourceName: String(e.resourceName ?? ''),
+          owner: '',
+          description: err.message,
+        }).finish(),
+      ),
+    );
+  }
+  if (err.kind === 'resource_exhausted' && typeof e.retryAfterMs === 'number') {
+    const ms = e.retryAfterMs;
+    details.push(
+      pack(
+        'google.rpc.RetryInfo',
+        RetryInfo.encode({
+          retryDelay: { seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 },
+        }).finish(),
+      ),
+    );
+  }
+  return details;
+}
+
+/**
+ * Turns anything a handler threw into the status sent to the client. Domain errors keep
+ * their message and carry google.rpc details; anything else is INTERNAL with a generic text,
+ * its stack going to the log only.
+ */
+export function toStatus(err: unknown, logger?: Logger, context: Record<string, unknown> = {}): Partial<StatusObject> {
+  if (isDomainError(err)) {
+    const code = statusOfKind[err.kind];
+    const metadata = new Metadata();
+    const body = Status.encode({ code, message: err.message, details: detailsOf(err) }).finish();
+    metadata.set(DETAILS_KEY, Buffer.from(body));
+    return { code, details: err.message, metadata };
+  }
+  if (isServiceError(err)) {
+    // Already a status (e.g. a dependency's answer passed through on purpose).
+    return { code: err.code, details: err.details, metadata: err.metadata };
+  }
+  logger?.error('internal error', { ...context, error: err instanceof Error ? err.stack : String(err) });
+  return { code: Code.INTERNAL, details: 'internal error; the server log has the details' };
+}
+
+export function isServiceError(err: unknown): err is ServiceError {
+  return (
+    typeof err === 'object' &&
+    err !== null &&
+    typeof (err as ServiceError).code === 'number' &&
+    'details' in err &&
+    'metadata' in err
+  );
+}
+
+export interface StatusDetails {
+  reason?: string;
+  retryAfterMs?: number;
+  fieldViolations: { field: string; description: string }[];
+}
+
+/** Reads the google.rpc details a passthru server attached to an error (client side). */
+export function statusDetails(err: ServiceError): StatusDetails {
+  const out: StatusDetails = { fieldViolations: [] };
+  const raw = err.metadata?.get(DETAILS_KEY)?.[0];
+  if (!raw || typeof raw === 'string') return out;
+  const st = Status.decode(raw);
+  for (const d of st.details) {
+    const type = d.typeUrl.slice(d.typeUrl.lastIndexOf('/') + 1);
+    if (type === 'google.rpc.ErrorInfo') out.reason = ErrorInfo.decode(d.value).reason;
+    else if (type === 'google.rpc.RetryInfo') {
+      const delay = RetryInfo.decode(d.value).retryDelay;
+      if (delay) out.retryAfterMs = Number(delay.seconds) * 1000 + Math.floor(delay.nanos / 1_000_000);
+    } else if (type === 'google.rpc.BadRequest') out.fieldViolations.push(...BadRequest.decode(d.value).fieldViolations);
+  }
+  return out;
+}
