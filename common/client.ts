@@ -1,0 +1,56 @@
+import { credentials, Metadata, type CallOptions, type Client, type ClientUnaryCall, type ServiceError } from '@grpc/grpc-js';
+import { MAX_MESSAGE_BYTES } from './server.js';
+
+export interface CallOpts {
+  /** Deadline from now; every outbound call has one. */
+  timeoutMs?: number;
+  metadata?: Metadata;
+}
+
+type Callback<Res> = (err: ServiceError | null, res: Res) => void;
+
+/** A generated grpc-js client with each unary method returning a promise instead. */
+export type PromiseClient<C> = {
+  [K in keyof C as C[K] extends (...a: never[]) => ClientUnaryCall ? K : never]: C[K] extends (
+    req: infer Req,
+    md: Metadata,
+    opts: Partial<CallOptions>,
+    cb: Callback<infer Res>,
+  ) => ClientUnaryCall
+    ? (req: Req, opts?: CallOpts) => Promise<Res>
+    : never;
+} & { raw: C; close(): void };
+
+export const DEFAULT_TIMEOUT_MS = 30_000;
+
+/** Accepts host:port, dns:…, unix:… (gRPC target syntax). */
+export function connect<C extends Client>(
+  Ctor: new (address: string, creds: ReturnType<typeof credentials.createInsecure>, options?: object) => C,
+  endpoint: string,
+  defaults: { timeoutMs?: number } = {},
+): PromiseClient<C> {
+  const client = new Ctor(endpoint, credentials.createInsecure(), {
+    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+    'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+  });
+  const target = client as unknown as Record<string, unknown>;
+  return new Proxy({} as PromiseClient<C>, {
+    get(_t, prop: string) {
+      if (prop === 'raw') return client;
+      if (prop === 'close') return () => client.close();
+      const fn = target[prop];
+      if (typeof fn !== 'function') return undefined;
+      return (req: unknown, opts: CallOpts = {}) =>
+        new Promise((resolve, reject) => {
+          const deadline = Date.now() + (opts.timeoutMs ?? defaults.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+          (fn as (...a: unknown[]) => ClientUnaryCall).call(
+            client,
+            req,
+            opts.metadata ?? new Metadata(),
+            { deadline },
+            (err: ServiceError | null, res: unknown) => (err ? reject(err) : resolve(res)),
+          );
+        });
+    },
+  });
+}

@@ -1,0 +1,143 @@
+import type {
+  handleServerStreamingCall,
+  handleUnaryCall,
+  Metadata,
+  sendUnaryData,
+  ServerUnaryCall,
+  ServerWritableStream,
+  ServiceDefinition,
+  UntypedServiceImplementation,
+} from '@grpc/grpc-js';
+import { status as Code } from '@grpc/grpc-js';
+import type { Logger } from './logging.js';
+import { toStatus } from './status.js';
+
+/** What a handler knows about its call besides the request. */
+export interface CallContext {
+  /** Short method name, e.g. CreateLun. */
+  method: string;
+  peer: string;
+  metadata: Metadata;
+  /** Fields added here land on the RPC's log line (e.g. opId). */
+  log: Record<string, unknown>;
+  /** Aborted when the client cancels or the deadline passes. */
+  signal: AbortSignal;
+}
+
+export type UnaryHandler<Req, Res> = (req: Req, ctx: CallContext) => Promise<Res> | Res;
+export type StreamHandler<Req, Res> = (
+  req: Req,
+  ctx: CallContext,
+  send: (res: Res) => void,
+) => Promise<void>;
+
+/**
+ * Runs around every call of a service; a hook that throws fails the call with its status.
+ * Fault injection and (later) authorization plug in here, so handlers stay plain.
+ */
+export interface CallHooks {
+  before?(ctx: CallContext): Promise<void> | void;
+  /** After the handler succeeded, before the reply is sent. */
+  after?(ctx: CallContext): Promise<void> | void;
+}
+
+export interface ImplementOptions {
+  logger: Logger;
+  hooks?: CallHooks;
+  /** Methods whose successful calls log at debug (reads, block I/O); others log at info. */
+  quietMethods?: ReadonlySet<string>;
+}
+
+type RequestOf<M> = M extends { requestDeserialize: (b: Buffer) => infer R } ? R : never;
+type ResponseOf<M> = M extends { responseSerialize: (v: infer R) => Buffer } ? R : never;
+
+/** Handlers typed by the generated definition: each gets its request type, returns its response type. */
+export type HandlersOf<Def> = {
+  [K in keyof Def]: Def[K] extends { requestStream: false; responseStream: true }
+    ? StreamHandler<RequestOf<Def[K]>, ResponseOf<Def[K]>>
+    : UnaryHandler<RequestOf<Def[K]>, ResponseOf<Def[K]>>;
+};
+
+function contextOf(method: string, call: ServerUnaryCall<unknown, unknown> | ServerWritableStream<unknown, unknown>): CallContext {
+  const abort = new AbortController();
+  call.on('cancelled', () => abort.abort());
+  return { method, peer: call.getPeer(), metadata: call.metadata, log: {}, signal: abort.signal };
+}
+
+function shortName(path: string): string {
+  return path.slice(path.lastIndexOf('/') + 1);
+}
+
+/**
+ * Turns plain `async (req, ctx) => res` handlers into a grpc-js implementation: one log line
+ * per call ({method, code, ms, ...ctx.log}), hooks before and after, every error through the
+ * one status mapping, and the callback called exactly once.
+ */
+export function implement<Def extends ServiceDefinition>(
+  definition: Def,
+  handlers: HandlersOf<Def>,
+  opts: ImplementOptions,
+): UntypedServiceImplementation {
+  const impl: UntypedServiceImplementation = {};
+  for (const key of Object.keys(definition) as (keyof Def & string)[]) {
+    const def = definition[key]!;
+    const method = shortName(def.path);
+    const handler = handlers[key] as unknown;
+    if (typeof handler !== 'function') throw new Error(`no handler for ${def.path}`);
+    const finish = (ctx: CallContext, started: bigint, code: Code, err?: unknown): void => {
+      const ms = Number(process.hrtime.bigint() - started) / 1e6;
+      const quiet = code === Code.OK && opts.quietMethods?.has(method);
+      const level = code === Code.OK ? (quiet ? 'debug' : 'info') : code === Code.INTERNAL ? 'error' : 'warn';
+      if (!opts.logger.isLevelEnabled(level)) return;
+      const fields: Record<string, unknown> = { method, code: Code[code], ms: Math.round(ms * 1000) / 1000, ...ctx.log };
+      if (err !== undefined && code !== Code.INTERNAL) fields.error = err instanceof Error ? err.message : String(err);
+      opts.logger.log(level, 'rpc', fields);
+    };
+    if (def.responseStream && !def.requestStream) {
+      const stream = handler as StreamHandler<unknown, unknown>;
+      const h: handleServerStreamingCall<unknown, unknown> = (call) => {
+        const started = process.hrtime.bigint();
+        const ctx = contextOf(method, call);
+        void (async () => {
+          try {
+            await opts.hooks?.before?.(ctx);
+            await stream(call.request, ctx, (res) => call.write(res));
+            await opts.hooks?.after?.(ctx);
+            call.end();
+            finish(ctx, started, Code.OK);
+          } catch (err) {
+            const st = toStatus(err, opts.logger, { method, ...ctx.log });
+            if (!ctx.signal.aborted) call.destroy(Object.assign(new Error(st.details), st));
+            finish(ctx, started, ctx.signal.aborted ? Code.CANCELLED : (st.code ?? Code.UNKNOWN), err);
+          }
+        })();
+      };
+      impl[key] = h;
+    } else if (!def.requestStream && !def.responseStream) {
+      const unary = handler as UnaryHandler<unknown, unknown>;
+      const h: handleUnaryCall<unknown, unknown> = (call, callback: sendUnaryData<unknown>) => {
+        const started = process.hrtime.bigint();
+        const ctx = contextOf(method, call);
+        void (async () => {
+          let res: unknown;
+          try {
+            await opts.hooks?.before?.(ctx);
+            res = await unary(call.request, ctx);
+            await opts.hooks?.after?.(ctx);
+          } catch (err) {
+            const st = toStatus(err, opts.logger, { method, ...ctx.log });
+            callback(st);
+            finish(ctx, started, st.code ?? Code.UNKNOWN, err);
+            return;
+          }
+          callback(null, res);
+          finish(ctx, started, Code.OK);
+        })();
+      };
+      impl[key] = h;
+    } else {
+      throw new Error(`${def.path}: client and bidi streaming are not handled by implement()`);
+    }
+  }
+  return impl;
+}

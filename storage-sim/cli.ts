@@ -1,0 +1,58 @@
+/** storage-sim: `serve` runs the array; the other commands are its admin CLI over gRPC. */
+import { Command, Option } from 'commander';
+import { createLogger } from '../common/logging.js';
+import { stopOnSignals } from '../common/server.js';
+import { parseSize } from '../common/size.js';
+import { addAdminCommands } from './admin-cli.js';
+import type { PoolRecord } from './model.js';
+import { serveArray } from './serve.js';
+
+function poolOption(value: string, previous: PoolRecord[]): PoolRecord[] {
+  const m = /^([^=]+)=(.+)$/.exec(value);
+  if (!m) throw new Error(`--pool ${JSON.stringify(value)}: write NAME=SIZE, e.g. aggr1=10TiB`);
+  return [...previous, { name: m[1]!, capacityBytes: parseSize(m[2]!, '--pool') }];
+}
+
+export function buildProgram(): Command {
+  const program = new Command('storage-sim')
+    .description('A simulated NetApp-style SAN array (pools, LUNs, igroups, LUN maps, masked block I/O, persistent reservations) and its admin CLI.')
+    .showHelpAfterError();
+
+  program
+    .command('serve')
+    .description('Run the array as a gRPC server (StorageArrayService, FaultInjectionService, health, reflection).')
+    .option('--listen <addr>', 'host:port to listen on (port 0 picks a free port and prints it)', '127.0.0.1:50051')
+    .requiredOption('--data-dir <dir>', 'where array.db and the LUN files live (created if missing)')
+    .option('--name <name>', 'array name, fixed at the first start (default sim1)')
+    .option('--serial-prefix <prefix>', 'first characters of every LUN serial, fixed at the first start (default PTSM)')
+    .option('--pool <name=size>', 'create or grow a pool, e.g. aggr1=10TiB (repeatable; default aggr1=64TiB)', poolOption, [])
+    .option('--enable-faults', 'allow FaultInjectionService (tests only)', false)
+    .addOption(new Option('--log-level <level>', 'log level').choices(['error', 'warn', 'info', 'debug']).default('info'))
+    .action(async (o: { listen: string; dataDir: string; name?: string; serialPrefix?: string; pool: PoolRecord[]; enableFaults: boolean; logLevel: string }) => {
+      const logger = createLogger({ service: 'storage-sim', level: o.logLevel });
+      const serving = await serveArray({
+        listen: o.listen,
+        dataDir: o.dataDir,
+        name: o.name,
+        serialPrefix: o.serialPrefix,
+        pools: o.pool,
+        enableFaults: o.enableFaults,
+        logger,
+      });
+      // The one line on stdout: scripts and tests read the address from it.
+      process.stdout.write(`storage-sim serving on ${serving.running.address}\n`);
+      stopOnSignals(serving.running, logger, () => serving.array.close());
+    });
+
+  addAdminCommands(program);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  try {
+    await buildProgram().parseAsync(argv);
+  } catch (err) {
+    process.stderr.write(`storage-sim: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exitCode = 1;
+  }
+}
