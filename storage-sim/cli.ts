@@ -1,16 +1,17 @@
 /** storage-sim: `serve` runs the array; the other commands are its admin CLI over gRPC. */
-import { Command, Option } from 'commander';
-import { createLogger } from '../common/logging.js';
-import { stopOnSignals } from '../common/server.js';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { parseSize } from '../common/size.js';
 import { addAdminCommands } from './admin-cli.js';
 import type { PoolRecord } from './model.js';
-import { serveArray } from './serve.js';
 
 function poolOption(value: string, previous: PoolRecord[]): PoolRecord[] {
   const m = /^([^=]+)=(.+)$/.exec(value);
-  if (!m) throw new Error(`--pool ${JSON.stringify(value)}: write NAME=SIZE, e.g. aggr1=10TiB`);
-  return [...previous, { name: m[1]!, capacityBytes: parseSize(m[2]!, '--pool') }];
+  if (!m) throw new InvalidArgumentError('write NAME=SIZE, e.g. aggr1=10TiB');
+  try {
+    return [...previous, { name: m[1]!, capacityBytes: parseSize(m[2]!, '--pool') }];
+  } catch (err) {
+    throw new InvalidArgumentError(err instanceof Error ? err.message : String(err));
+  }
 }
 
 export function buildProgram(): Command {
@@ -29,6 +30,12 @@ export function buildProgram(): Command {
     .option('--enable-faults', 'allow FaultInjectionService (tests only)', false)
     .addOption(new Option('--log-level <level>', 'log level').choices(['error', 'warn', 'info', 'debug']).default('info'))
     .action(async (o: { listen: string; dataDir: string; name?: string; serialPrefix?: string; pool: PoolRecord[]; enableFaults: boolean; logLevel: string }) => {
+      // Loaded here so the admin commands start without SQLite and the server stack.
+      const [{ createLogger }, { stopOnSignals }, { serveArray }] = await Promise.all([
+        import('../common/logging.js'),
+        import('../common/server.js'),
+        import('./serve.js'),
+      ]);
       const logger = createLogger({ service: 'storage-sim', level: o.logLevel });
       const serving = await serveArray({
         listen: o.listen,
