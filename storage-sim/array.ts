@@ -152,39 +152,47 @@ export class StorageArray {
     mkdirSync(opts.dataDir, { recursive: true });
     this.store = new ArrayStore(opts.dataDir);
     this.data = new LunDataFiles(opts.dataDir);
-    this.faultsEnabled = opts.faultsEnabled ?? false;
-    const wanted = {
-      name: opts.name ?? this.store.getMeta('name') ?? 'sim1',
-      serialPrefix: opts.serialPrefix ?? this.store.getMeta('serial_prefix') ?? 'PTSM',
-    };
-    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(wanted.name)) {
-      throw new InvalidArgumentError('name', `array name ${JSON.stringify(wanted.name)} is invalid: 1-64 letters, digits, _ . -`);
-    }
-    if (!/^[A-Za-z0-9]{1,6}$/.test(wanted.serialPrefix)) {
-      throw new InvalidArgumentError('serial_prefix', `serial prefix ${JSON.stringify(wanted.serialPrefix)} is invalid: 1-6 letters or digits`);
-    }
-    for (const key of ['name', 'serial_prefix'] as const) {
-      const stored = this.store.getMeta(key);
-      const value = key === 'name' ? wanted.name : wanted.serialPrefix;
-      if (stored !== undefined && stored !== value) {
-        throw new FailedPreconditionError(
-          `the data dir belongs to the array with ${key} ${JSON.stringify(stored)}, not ${JSON.stringify(value)}: use another data dir or drop the flag`,
-          'DATA_DIR_MISMATCH',
-        );
+    try {
+      this.faultsEnabled = opts.faultsEnabled ?? false;
+      const wanted = {
+        name: opts.name ?? this.store.getMeta('name') ?? 'sim1',
+        serialPrefix: opts.serialPrefix ?? this.store.getMeta('serial_prefix') ?? 'PTSM',
+      };
+      if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(wanted.name)) {
+        throw new InvalidArgumentError('name', `array name ${JSON.stringify(wanted.name)} is invalid: 1-64 letters, digits, _ . -`);
       }
+      if (!/^[A-Za-z0-9]{1,6}$/.test(wanted.serialPrefix)) {
+        throw new InvalidArgumentError('serial_prefix', `serial prefix ${JSON.stringify(wanted.serialPrefix)} is invalid: 1-6 letters or digits`);
+      }
+      for (const key of ['name', 'serial_prefix'] as const) {
+        const stored = this.store.getMeta(key);
+        const value = key === 'name' ? wanted.name : wanted.serialPrefix;
+        if (stored !== undefined && stored !== value) {
+          throw new FailedPreconditionError(
+            `the data dir belongs to the array with ${key} ${JSON.stringify(stored)}, not ${JSON.stringify(value)}: use another data dir or drop the flag`,
+            'DATA_DIR_MISMATCH',
+          );
+        }
+      }
+      this.name = wanted.name;
+      this.serialPrefix = wanted.serialPrefix;
+      this.store.transaction(() => {
+        this.store.setMeta('name', this.name);
+        this.store.setMeta('serial_prefix', this.serialPrefix);
+      });
+      this.load(this.store.loadAll());
+      this.configurePools(opts.pools ?? []);
+      this.reconcileFiles();
+      this.store.pruneRequests(Date.now() - REQUEST_RETENTION_MS);
+      this.pruneTimer = setInterval(() => this.store.pruneRequests(Date.now() - REQUEST_RETENTION_MS), 3600_000);
+      this.pruneTimer.unref();
+    } catch (err) {
+      // A refused start (another array's data dir, a pool that cannot shrink) must not leave
+      // the database and data files open: the caller may well try again with other options.
+      this.data.close();
+      this.store.close();
+      throw err;
     }
-    this.name = wanted.name;
-    this.serialPrefix = wanted.serialPrefix;
-    this.store.transaction(() => {
-      this.store.setMeta('name', this.name);
-      this.store.setMeta('serial_prefix', this.serialPrefix);
-    });
-    this.load(this.store.loadAll());
-    this.configurePools(opts.pools ?? []);
-    this.reconcileFiles();
-    this.store.pruneRequests(Date.now() - REQUEST_RETENTION_MS);
-    this.pruneTimer = setInterval(() => this.store.pruneRequests(Date.now() - REQUEST_RETENTION_MS), 3600_000);
-    this.pruneTimer.unref();
   }
 
   close(): void {
@@ -676,11 +684,14 @@ export class StorageArray {
   }
 
   addInitiators(req: { requestId: string; igroup: string; initiators: string[] }): IgroupView {
-    const ig0 = this.igroupOrThrow(req.igroup);
+    checkIgroupName('igroup', req.igroup);
     if (req.initiators.length === 0) throw new InvalidArgumentError('initiators', 'initiators is empty: give at least one initiator to add');
-    const add = this.parseInitiators('initiators', req.initiators, ig0.protocol);
+    // Only the request's own canonical names before the replay lookup: the igroup (and so its
+    // protocol) is looked up inside, so a retry is answered even once the igroup is gone.
+    const add = this.parseInitiators('initiators', req.initiators, 'mixed');
     return this.mutate(req.requestId, 'AddInitiators', { igroup: req.igroup, initiators: add }, () => {
       const ig = this.igroupOrThrow(req.igroup);
+      this.parseInitiators('initiators', req.initiators, ig.protocol);
       const fresh = add.filter((i) => !ig.initiators.includes(i));
       if (fresh.length === 0) return this.igroupView(ig);
       this.checkInitiatorOsType(fresh, ig.osType, ig.name);
@@ -693,11 +704,13 @@ export class StorageArray {
   }
 
   removeInitiators(req: { requestId: string; igroup: string; initiators: string[]; force: boolean }): IgroupView {
-    const ig0 = this.igroupOrThrow(req.igroup);
+    checkIgroupName('igroup', req.igroup);
     if (req.initiators.length === 0) throw new InvalidArgumentError('initiators', 'initiators is empty: give at least one initiator to remove');
-    const remove = this.parseInitiators('initiators', req.initiators, ig0.protocol);
+    // As in addInitiators: the igroup is looked up after the replay lookup.
+    const remove = this.parseInitiators('initiators', req.initiators, 'mixed');
     return this.mutate(req.requestId, 'RemoveInitiators', { igroup: req.igroup, initiators: remove, force: req.force }, () => {
       const ig = this.igroupOrThrow(req.igroup);
+      this.parseInitiators('initiators', req.initiators, ig.protocol);
       const present = remove.filter((i) => ig.initiators.includes(i));
       if (present.length === 0) return this.igroupView(ig);
       const maps = this.mapsOfIgroup.get(ig.name)?.size ?? 0;
@@ -817,6 +830,16 @@ export class StorageArray {
 
   // ---------------------------------------------------------------- block I/O
 
+  /**
+   * A target as the request names it, syntax checked, the initiator in canonical form and
+   * nothing looked up: what a replay fingerprint holds, so that a retry is answered from its
+   * replay record before masking is checked, even once the LUN is unmapped or gone.
+   */
+  private targetOf(t: IoTarget): IoTarget {
+    classifyLunRef('lun', t.lun);
+    return { lun: t.lun, initiator: parseInitiator('initiator', t.initiator).name };
+  }
+
   /** The LUN an initiator may reach: it must sit in an igroup the LUN is mapped to. */
   private reachable(t: IoTarget): { lun: LunRecord; initiator: string } {
     const lun = this.lunOrThrow(t.lun);
@@ -870,10 +893,10 @@ export class StorageArray {
   }
 
   writeBlocks(req: IoTarget & { requestId: string; offsetBytes: bigint; data: Uint8Array }): { writtenBytes: number } {
-    const { lun, initiator } = this.reachable(req);
-    const offset = checkIo('data', req.offsetBytes, req.data.length, lun.sizeBytes);
-    const params = { lun: lun.uuid, initiator, offset, length: req.data.length, crc: req.requestId === '' ? 0 : crc32(req.data) };
+    const params = { ...this.targetOf(req), offset: req.offsetBytes, length: req.data.length, crc: req.requestId === '' ? 0 : crc32(req.data) };
     return this.mutate(req.requestId, 'WriteBlocks', params, () => {
+      const { lun, initiator } = this.reachable(req);
+      const offset = checkIo('data', req.offsetBytes, req.data.length, lun.sizeBytes);
       this.checkOnline(lun);
       this.checkReservation(lun, initiator, 'write');
       const fresh: number[] = [];
@@ -937,8 +960,8 @@ export class StorageArray {
 
   registerReservationKey(req: IoTarget & { requestId: string; key: string }): { generation: number } {
     const key = parseReservationKey('key', req.key, true);
-    const { lun, initiator } = this.reachable(req);
-    return this.mutate(req.requestId, 'RegisterReservationKey', { lun: lun.uuid, initiator, key }, () => {
+    return this.mutate(req.requestId, 'RegisterReservationKey', { ...this.targetOf(req), key }, () => {
+      const { lun, initiator } = this.reachable(req);
       const pr = this.prOf(lun.uuid);
       const unregister = /^0+$/.test(key);
       if (unregister) {
@@ -961,8 +984,8 @@ export class StorageArray {
     if (req.type === undefined) {
       throw new InvalidArgumentError('type', 'type is required: write_exclusive, exclusive_access, or one of their registrants_only forms');
     }
-    const { lun, initiator } = this.reachable(req);
-    return this.mutate(req.requestId, 'Reserve', { lun: lun.uuid, initiator, key, type: req.type }, () => {
+    return this.mutate(req.requestId, 'Reserve', { ...this.targetOf(req), key, type: req.type }, () => {
+      const { lun, initiator } = this.reachable(req);
       const pr = this.prOf(lun.uuid);
       this.requireRegistered(lun, pr, initiator, key);
       const h = pr.holder;
@@ -980,8 +1003,8 @@ export class StorageArray {
 
   releaseReservation(req: IoTarget & { requestId: string; key: string }): { released: boolean } {
     const key = parseReservationKey('key', req.key, false);
-    const { lun, initiator } = this.reachable(req);
-    return this.mutate(req.requestId, 'ReleaseReservation', { lun: lun.uuid, initiator, key }, () => {
+    return this.mutate(req.requestId, 'ReleaseReservation', { ...this.targetOf(req), key }, () => {
+      const { lun, initiator } = this.reachable(req);
       const pr = this.prOf(lun.uuid);
       this.requireRegistered(lun, pr, initiator, key);
       const h = pr.holder;
@@ -997,9 +1020,9 @@ export class StorageArray {
   ): { generation: number; removedRegistrations: number } {
     const key = parseReservationKey('key', req.key, false);
     const preemptKey = parseReservationKey('preempt_key', req.preemptKey, false);
-    const { lun, initiator } = this.reachable(req);
-    const params = { lun: lun.uuid, initiator, key, preemptKey, type: req.type ?? null };
+    const params = { ...this.targetOf(req), key, preemptKey, type: req.type ?? null };
     return this.mutate(req.requestId, 'PreemptReservation', params, () => {
+      const { lun, initiator } = this.reachable(req);
       const pr = this.prOf(lun.uuid);
       this.requireRegistered(lun, pr, initiator, key);
       let removed = 0;

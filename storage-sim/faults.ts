@@ -27,6 +27,16 @@ export interface FaultDecision {
 const MAX_DELAY_MS = 600_000;
 const MAX_COUNT = 1_000_000;
 
+/**
+ * Off the wire these are unsigned; a direct caller could still pass -1, which would make a
+ * fault that never runs out (its count never reaches zero) or a code no status has.
+ */
+function requireWhole(field: string, value: number): void {
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw new InvalidArgumentError(field, `${field} ${value} is not a whole number of 0 or more`);
+  }
+}
+
 export class FaultPlan {
   private faults: Fault[] = [];
   private nextId = 1;
@@ -53,6 +63,9 @@ export class FaultPlan {
     if (!this.methods.has(method)) {
       throw new InvalidArgumentError('method', `method ${JSON.stringify(req.method)} is not an RPC of the array: one of ${[...this.methods].join(', ')}`);
     }
+    requireWhole('count', req.count);
+    requireWhole('code', req.code);
+    requireWhole('delay_ms', req.delayMs);
     if (req.code > 16) throw new InvalidArgumentError('code', `code ${req.code} is not a gRPC status code (1-16, or 0 for a delay alone)`);
     if (req.code === 0 && req.delayMs === 0) {
       throw new InvalidArgumentError('code', 'a fault needs a status code (1-16), a delay_ms, or both');
@@ -77,6 +90,7 @@ export class FaultPlan {
 
   setUnavailable(durationMs: number, nowMs = Date.now()): number {
     this.requireEnabled();
+    requireWhole('duration_ms', durationMs);
     if (durationMs > MAX_DELAY_MS) throw new InvalidArgumentError('duration_ms', `duration_ms ${durationMs} is more than ${MAX_DELAY_MS}`);
     this.unavailableUntilMs = durationMs === 0 ? 0 : nowMs + durationMs;
     return this.unavailableUntilMs;

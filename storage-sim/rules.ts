@@ -218,10 +218,12 @@ export function parseReservationKey(field: string, value: string, allowZero: boo
 }
 
 export function checkIo(field: string, offset: bigint, length: number, lunSize: number): number {
-  if (offset % BigInt(SECTOR) !== 0n) {
-    throw new InvalidArgumentError('offset_bytes', `offset_bytes ${offset} is not a multiple of ${SECTOR}`);
+  // Off the wire both are unsigned; a direct caller may still pass a negative number, which
+  // the file layer would reject with a RangeError (an internal error) instead of this message.
+  if (offset < 0n || offset % BigInt(SECTOR) !== 0n) {
+    throw new InvalidArgumentError('offset_bytes', `offset_bytes ${offset} is not a non-negative multiple of ${SECTOR}`);
   }
-  if (length === 0 || length % SECTOR !== 0) {
+  if (!Number.isInteger(length) || length <= 0 || length % SECTOR !== 0) {
     throw new InvalidArgumentError(field, `${field} ${length} must be a positive multiple of ${SECTOR}`);
   }
   if (length > MAX_IO_BYTES) {
@@ -237,6 +239,11 @@ export function checkIo(field: string, offset: bigint, length: number, lunSize: 
 }
 
 export function checkPage(pageSize: number, pageToken: string): { size: number; after: string | undefined } {
+  if (!Number.isInteger(pageSize) || pageSize < 0) {
+    // A negative size would end a page before its first item, then fail (an internal error)
+    // building the next page token from an item it never took.
+    throw new InvalidArgumentError('page_size', `page_size ${pageSize} is not a whole number from 0 to ${MAX_PAGE_SIZE}`);
+  }
   if (pageSize > MAX_PAGE_SIZE) {
     throw new InvalidArgumentError('page_size', `page_size ${pageSize} is more than ${MAX_PAGE_SIZE}`);
   }
