@@ -250,13 +250,14 @@ export class StorageArray {
   }
 
   /**
-   * Makes the data files match the metadata after a crash: a LUN's file gets exactly its
-   * recorded size (a resize cut short is undone), and files with no LUN (a create cut
-   * short, a delete cut short) are removed.
+   * Makes the data files match the metadata after a crash: a LUN's file, where it has one,
+   * gets exactly its recorded size (a resize cut short is undone), and files with no LUN (a
+   * delete cut short) are removed.
    */
   private reconcileFiles(): void {
     for (const lun of this.luns.values()) {
-      if (this.data.sizeOf(lun.uuid) !== lun.sizeBytes) this.data.setSize(lun.uuid, lun.sizeBytes);
+      const size = this.data.sizeOf(lun.uuid);
+      if (size !== undefined && size !== lun.sizeBytes) this.data.setSize(lun.uuid, lun.sizeBytes);
     }
     for (const uuid of this.data.listFiles()) if (!this.luns.has(uuid)) this.data.remove(uuid);
   }
@@ -506,15 +507,8 @@ export class StorageArray {
         pool,
         createdMs: Date.now(),
       };
-      // The file first: a crash before the commit leaves a file with no LUN, which start-up
-      // removes; never a LUN with no file.
-      this.data.setSize(lun.uuid, sizeBytes);
-      try {
-        this.store.insertLun(lun);
-      } catch (err) {
-        this.data.remove(lun.uuid);
-        throw err;
-      }
+      // No data file yet: it is made at the first write (lun-data.ts).
+      this.store.insertLun(lun);
       this.indexLun(lun);
       return this.lunView(lun);
     });
@@ -918,7 +912,7 @@ export class StorageArray {
       }
       // Data before metadata: a crash in between leaves written-but-unacknowledged data in
       // extents not yet counted; the next write there counts them. Never the reverse.
-      this.data.write(lun.uuid, offset, req.data);
+      this.data.write(lun.uuid, offset, req.data, lun.sizeBytes);
       if (fresh.length > 0) {
         this.store.addExtents(lun.uuid, fresh);
         const before = this.usedBy(lun);

@@ -1,6 +1,8 @@
 /**
  * LUN data: one sparse file per LUN, `<data-dir>/luns/<uuid>.img`, exactly the LUN's size,
- * so tools such as `sgdisk -v` can read a LUN's backing file as a disk image. Never-written
+ * so tools such as `sgdisk -v` can read a LUN's backing file as a disk image. The file is
+ * made at the LUN's first write: a LUN never written has no file and reads as zeros, and
+ * creating a LUN costs no file system work (file creation dominated CreateLun). Never-written
  * blocks are holes and read as zeros. Writes go to the OS page cache with pwrite before the
  * array acknowledges them, so they survive kill -9 of the process (not a power loss: README).
  */
@@ -23,14 +25,25 @@ export class LunDataFiles {
     return join(this.dir, `${uuid}.img`);
   }
 
-  private fd(uuid: string): number {
+  /**
+   * The LUN's open file; with `createSize`, made at that size when missing. Undefined when
+   * the file does not exist and none was to be made.
+   */
+  private fd(uuid: string, createSize?: number): number | undefined {
     let fd = this.fds.get(uuid);
     if (fd !== undefined) {
       this.fds.delete(uuid);
       this.fds.set(uuid, fd);
       return fd;
     }
-    fd = openSync(this.pathOf(uuid), constants.O_RDWR | constants.O_CREAT, 0o600);
+    try {
+      fd = openSync(this.pathOf(uuid), constants.O_RDWR);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      if (createSize === undefined) return undefined;
+      fd = openSync(this.pathOf(uuid), constants.O_RDWR | constants.O_CREAT, 0o600);
+      ftruncateSync(fd, createSize);
+    }
     this.fds.set(uuid, fd);
     if (this.fds.size > OPEN_FILES) {
       const [oldest, oldFd] = this.fds.entries().next().value as [string, number];
@@ -40,9 +53,10 @@ export class LunDataFiles {
     return fd;
   }
 
-  /** Makes the file exist with exactly this size (growing keeps the data). */
+  /** Gives the LUN's file, if it has one yet, exactly this size (growing keeps the data). */
   setSize(uuid: string, sizeBytes: number): void {
-    ftruncateSync(this.fd(uuid), sizeBytes);
+    const fd = this.fd(uuid);
+    if (fd !== undefined) ftruncateSync(fd, sizeBytes);
   }
 
   sizeOf(uuid: string): number | undefined {
@@ -54,8 +68,9 @@ export class LunDataFiles {
   }
 
   read(uuid: string, offset: number, length: number): Buffer {
-    const buf = Buffer.allocUnsafe(length);
     const fd = this.fd(uuid);
+    if (fd === undefined) return Buffer.alloc(length);
+    const buf = Buffer.allocUnsafe(length);
     let done = 0;
     while (done < length) {
       const n = readSync(fd, buf, done, length - done, offset + done);
@@ -66,8 +81,9 @@ export class LunDataFiles {
     return buf;
   }
 
-  write(uuid: string, offset: number, data: Uint8Array): void {
-    const fd = this.fd(uuid);
+  /** Writes at offset; the first write makes the file, `lunSize` bytes long. */
+  write(uuid: string, offset: number, data: Uint8Array, lunSize: number): void {
+    const fd = this.fd(uuid, lunSize)!;
     let done = 0;
     while (done < data.length) done += writeSync(fd, data, done, data.length - done, offset + done);
   }

@@ -6,6 +6,7 @@
  */
 import Database from 'better-sqlite3';
 import { join } from 'node:path';
+import { FailedPreconditionError } from '../common/errors.js';
 import type { IgroupRecord, LunMapRecord, LunRecord, PoolRecord, ReservationState } from './model.js';
 import type { IgroupProtocol, OsType } from './rules.js';
 
@@ -26,8 +27,7 @@ const MIGRATIONS: string[] = [
      PRIMARY KEY (lun_uuid, extent)) WITHOUT ROWID;
    CREATE TABLE reservations (lun_uuid TEXT PRIMARY KEY, state TEXT NOT NULL);
    CREATE TABLE requests (request_id TEXT PRIMARY KEY, method TEXT NOT NULL,
-     fingerprint TEXT NOT NULL, response TEXT NOT NULL, created_ms INTEGER NOT NULL);
-   CREATE INDEX requests_by_age ON requests (created_ms);`,
+     fingerprint TEXT NOT NULL, response TEXT NOT NULL, created_ms INTEGER NOT NULL) WITHOUT ROWID;`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -68,10 +68,25 @@ export class ArrayStore {
 
   constructor(dataDir: string) {
     this.db = new Database(join(dataDir, 'array.db'));
-    this.db.pragma('journal_mode = WAL');
-    this.db.pragma('synchronous = NORMAL');
-    this.db.pragma('foreign_keys = OFF');
-    this.migrate();
+    try {
+      // One process owns the array: no per-transaction file locks, and a second storage-sim
+      // on the same data dir is refused instead of corrupting it. Set before WAL mode so
+      // SQLite keeps the WAL index in process memory.
+      this.db.pragma('locking_mode = EXCLUSIVE');
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('synchronous = NORMAL');
+      this.db.pragma('foreign_keys = OFF');
+      this.migrate();
+    } catch (err) {
+      this.db.close();
+      if ((err as { code?: string }).code === 'SQLITE_BUSY') {
+        throw new FailedPreconditionError(
+          `the data dir ${dataDir} is in use by another storage-sim: stop it, or give this one another --data-dir`,
+          'DATA_DIR_IN_USE',
+        );
+      }
+      throw err;
+    }
     const db = this.db;
     this.stmt = {
       getMeta: db.prepare<[string], { value: string }>('SELECT value FROM meta WHERE key = ?'),
@@ -248,7 +263,10 @@ export class ArrayStore {
     this.stmt.putRequest.run(requestId, method, fingerprint, response, nowMs);
   }
 
-  /** Forgets replay records older than the cut-off; returns how many went. */
+  /**
+   * Forgets replay records older than the cut-off; returns how many went. A full scan, run
+   * hourly: cheaper overall than an index every mutation would have to write.
+   */
   pruneRequests(beforeMs: number): number {
     return this.stmt.pruneRequests.run(beforeMs).changes;
   }

@@ -51,16 +51,18 @@ export function startService(bin: string, args: string[], opts: { timeoutMs?: nu
       child.kill('SIGKILL');
       reject(new Error(`${bin} did not start within ${opts.timeoutMs ?? 15000} ms; stderr:\n${err}`));
     }, opts.timeoutMs ?? 15000);
-    child.once('exit', (code) => {
+    const exitedEarly = (code: number | null): void => {
       clearTimeout(timer);
       reject(new Error(`${bin} exited with ${code} before serving; stderr:\n${err}`));
-    });
+    };
+    child.once('exit', exitedEarly);
     child.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
       const m = /serving on (\S+)/.exec(out);
       if (!m) return;
       clearTimeout(timer);
-      child.removeAllListeners('exit');
+      // Only the start-up listener: kill() and stop() wait on `exited`.
+      child.off('exit', exitedEarly);
       resolve({
         child,
         pid: child.pid!,

@@ -14,7 +14,7 @@ import { DomainError, type ErrorKind, InvalidArgumentError } from '../../common/
 import { StorageArray, type ArrayOptions, type CreateIgroupInput, type CreateLunInput } from '../../storage-sim/array.js';
 import type { LunView, ReservationType } from '../../storage-sim/model.js';
 import { MAX_IO_BYTES, MiB, TiB, type OsType } from '../../storage-sim/rules.js';
-import { arrayState, fileDigest, type ArrayState } from '../support/array-state.js';
+import { arrayState, type ArrayState } from '../support/array-state.js';
 
 const A = 'iqn.1991-05.com.microsoft:node-a';
 const B = 'iqn.1991-05.com.microsoft:node-b';
@@ -219,7 +219,18 @@ describe('StorageArray: LUNs', () => {
     expect(l.pool).to.equal('aggr1');
     expect(l.usedBytes).to.equal(8 * MiB);
     expect(l.mapped).to.equal(false);
+    expect(existsSync(array.data.pathOf(l.uuid)), 'no data file before the first write').to.equal(false);
+  });
+
+  it("a LUN's data file is made at its first write, exactly the LUN's size, and a never-written LUN reads as zeros", () => {
+    makeIgroup('h', [A]);
+    const l = makeLun(LUN1);
+    map(LUN1, 'h');
+    expect(read(LUN1, A, 4 * MiB, 4096)).to.deep.equal(Buffer.alloc(4096));
+    expect(existsSync(array.data.pathOf(l.uuid))).to.equal(false);
+    write(LUN1, A, 512, pattern(1024, 3));
     expect(statSync(array.data.pathOf(l.uuid)).size).to.equal(8 * MiB);
+    expect(read(LUN1, A, 0, 2048)).to.deep.equal(Buffer.concat([Buffer.alloc(512), pattern(1024, 3), Buffer.alloc(512)]));
   });
 
   it('every LUN gets its own serial and uuid', () => {
@@ -1223,6 +1234,7 @@ describe('StorageArray: durability across a restart', () => {
     const long = makeLun(LUN2);
     map(LUN1, 'h');
     map(LUN2, 'h');
+    write(LUN1, A, 0, pattern(512, 2));
     write(LUN2, A, 0, pattern(4096, 1));
     truncateSync(array.data.pathOf(short.uuid), 0);
     truncateSync(array.data.pathOf(long.uuid), 12 * MiB);
@@ -1233,15 +1245,18 @@ describe('StorageArray: durability across a restart', () => {
     expect(read(LUN2, A, 0, 4096)).to.deep.equal(pattern(4096, 1));
   });
 
-  it('start-up recreates a LUN file that is missing altogether, reading as zeros', () => {
+  it('a LUN whose data file is missing at start-up reads as zeros, and its next write makes the file again', () => {
     makeIgroup('h', [A]);
     const l = makeLun(LUN1);
     map(LUN1, 'h');
+    write(LUN1, A, 0, pattern(512, 4));
     array.close();
     rmSync(array.data.pathOf(l.uuid));
     array = new StorageArray({ dataDir: dir });
-    expect(fileDigest(array.data.pathOf(l.uuid))).to.not.equal('missing');
     expect(read(LUN1, A, 0, 512)).to.deep.equal(Buffer.alloc(512));
+    write(LUN1, A, 1024, pattern(512, 5));
+    expect(statSync(array.data.pathOf(l.uuid)).size).to.equal(8 * MiB);
+    expect(read(LUN1, A, 1024, 512)).to.deep.equal(pattern(512, 5));
   });
 });
 
