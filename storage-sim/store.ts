@@ -75,6 +75,7 @@ export class ArrayStore {
       this.db.pragma('locking_mode = EXCLUSIVE');
       this.db.pragma('journal_mode = WAL');
       this.db.pragma('synchronous = NORMAL');
+      this.db.pragma('wal_autocheckpoint = 16384');
       this.db.pragma('foreign_keys = OFF');
       this.migrate();
     } catch (err) {
