@@ -36,7 +36,7 @@ import {
   type ReserveRequest,
   type WriteBlocksRequest,
 } from '../../proto/gen/passthru/storage/v1/storage.js';
-import { serveArray, type ServingArray } from '../../storage-sim/serve.js';
+import { serveArray, type ServeArrayOptions, type ServingArray } from '../../storage-sim/serve.js';
 import { arrayState } from '../support/array-state.js';
 
 const MiB = 1024 * 1024;
@@ -57,16 +57,15 @@ interface Sim {
 
 async function startSim(enableFaults: boolean): Promise<Sim> {
   const dir = mkdtempSync(join(tmpdir(), 'passthru-storage-svc-'));
-  const served = await serveArray({
-    listen: '127.0.0.1:0',
-    dataDir: dir,
-    enableFaults,
-    logger: silentLogger(),
-    pools: [
-      { name: 'aggr1', capacityBytes: 4096 * MiB },
-      { name: 'aggr2', capacityBytes: 16 * MiB },
-    ],
-  });
+  return serveOn(dir, { enableFaults, pools: [
+    { name: 'aggr1', capacityBytes: 4096 * MiB },
+    { name: 'aggr2', capacityBytes: 16 * MiB },
+  ] });
+}
+
+/** Serves the array in `dir` (new or existing) with clients on it; close() removes the dir. */
+async function serveOn(dir: string, opts: Partial<ServeArrayOptions> = {}): Promise<Sim> {
+  const served = await serveArray({ listen: '127.0.0.1:0', dataDir: dir, logger: silentLogger(), ...opts });
   const storage = connect(StorageArrayServiceClient, served.running.address, { timeoutMs: 10_000 });
   const faults = connect(FaultInjectionServiceClient, served.running.address, { timeoutMs: 10_000 });
   return {
@@ -590,22 +589,8 @@ describe('storage-sim over gRPC with fault injection disabled', function () {
     sim.storage.close();
     sim.faults.close();
     await sim.served.close(1000);
-    const served = await serveArray({ listen: '127.0.0.1:0', dataDir: sim.dir, logger: silentLogger() });
-    const storage = connect(StorageArrayServiceClient, served.running.address, { timeoutMs: 10_000 });
-    const faults = connect(FaultInjectionServiceClient, served.running.address, { timeoutMs: 10_000 });
-    const dir = sim.dir;
-    sim = {
-      dir,
-      served,
-      storage,
-      faults,
-      close: async () => {
-        storage.close();
-        faults.close();
-        await served.close(1000);
-        rmSync(dir, { recursive: true, force: true });
-      },
-    };
+    sim = await serveOn(sim.dir);
+    const { served, storage } = sim;
     expect(arrayState(served.array)).to.deep.equal(before);
     expect((await storage.readBlocks(readReq({ lun: '/vol/restart/l1', offsetBytes: BigInt(MiB), lengthBytes: 4096 }))).data).to.deep.equal(pattern(4096, 11));
     expect((await storage.listLunMaps(listMapsReq({ lun: lun.serial }))).maps.map((m) => m.lunId)).to.deep.equal([12]);
