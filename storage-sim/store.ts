@@ -67,7 +67,8 @@ export class ArrayStore {
   private readonly stmt;
 
   constructor(dataDir: string) {
-    this.db = new Database(join(dataDir, 'array.db'));
+    // A short busy wait: a second server on this data dir is refused within a second.
+    this.db = new Database(join(dataDir, 'array.db'), { timeout: 1000 });
     try {
       // One process owns the array: no per-transaction file locks, and a second storage-sim
       // on the same data dir is refused instead of corrupting it. Set before WAL mode so
