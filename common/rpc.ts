@@ -136,7 +136,9 @@ export function implement<Def extends ServiceDefinition>(
             finish(ctx, started, Code.OK);
           } catch (err) {
             const st = toStatus(err, opts.logger, { method, ...ctx.log });
-            if (!ctx.signal.aborted) call.destroy(Object.assign(new Error(st.details), st));
+            // grpc-js sends a stream's status from its 'error' event; destroy() would tear the
+            // stream down before the status went out, leaving the client waiting.
+            if (!ctx.signal.aborted) call.emit('error', st);
             finish(ctx, started, ctx.signal.aborted ? Code.CANCELLED : (st.code ?? Code.UNKNOWN), err);
           }
         })();
