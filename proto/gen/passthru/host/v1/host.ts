@@ -561,6 +561,8 @@ export interface Vm {
   locationsPerController: number;
   /** The VM's resource group. */
   group: string;
+  /** Where the VM's GuestService answers (unix:<path>), the stand-in for VMBus/vsock. */
+  guestEndpoint: string;
 }
 
 export interface Resource {
@@ -1128,6 +1130,7 @@ function createBaseVm(): Vm {
     scsiControllers: 0,
     locationsPerController: 0,
     group: "",
+    guestEndpoint: "",
   };
 }
 
@@ -1159,6 +1162,9 @@ export const Vm: MessageFns<Vm> = {
     }
     if (message.group !== "") {
       writer.uint32(74).string(message.group);
+    }
+    if (message.guestEndpoint !== "") {
+      writer.uint32(82).string(message.guestEndpoint);
     }
     return writer;
   },
@@ -1248,6 +1254,14 @@ export const Vm: MessageFns<Vm> = {
             message.group = reader.string();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.guestEndpoint = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1283,6 +1297,11 @@ export const Vm: MessageFns<Vm> = {
         ? globalThis.Number(object.locations_per_controller)
         : 0,
       group: isSet(object.group) ? globalThis.String(object.group) : "",
+      guestEndpoint: isSet(object.guestEndpoint)
+        ? globalThis.String(object.guestEndpoint)
+        : isSet(object.guest_endpoint)
+        ? globalThis.String(object.guest_endpoint)
+        : "",
     };
   },
 
@@ -1314,6 +1333,9 @@ export const Vm: MessageFns<Vm> = {
     }
     if (message.group !== "") {
       obj.group = message.group;
+    }
+    if (message.guestEndpoint !== "") {
+      obj.guestEndpoint = message.guestEndpoint;
     }
     return obj;
   },

@@ -1,0 +1,293 @@
+/**
+ * The array seam: what the host agent asks of the SAN array's control plane, in the
+ * domain's words. `GrpcArray` is the first implementation (storage-sim over gRPC); an
+ * array with another API plugs in behind the same interface.
+ *
+ * Every mutating call carries the caller's request id: the workflow derives it from the
+ * operation and step, so a replayed step gets the array's first answer instead of doing
+ * the work twice. UNAVAILABLE and DEADLINE_EXCEEDED are retried here with back-off (safe,
+ * because of those ids); what still fails comes back as a domain error.
+ */
+import { createHash } from 'node:crypto';
+import { status as Code, type ServiceError } from '@grpc/grpc-js';
+import { connect, type PromiseClient } from '../common/client.js';
+import {
+  AbortedError,
+  AlreadyExistsError,
+  DomainError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  PermissionDeniedError,
+  ResourceExhaustedError,
+  UnavailableError,
+} from '../common/errors.js';
+import type { Logger } from '../common/logging.js';
+import { isServiceError, statusDetails } from '../common/status.js';
+import {
+  IgroupProtocol,
+  type Lun,
+  OsType,
+  Provisioning,
+  ReservationType,
+  StorageArrayServiceClient,
+} from '../proto/gen/passthru/storage/v1/storage.js';
+import type { GuestOsName, LunRef } from './model.js';
+
+export interface PoolInfo {
+  name: string;
+  availableBytes: number;
+}
+
+export interface ArrayLun extends LunRef {
+  comment: string;
+  mapped: boolean;
+}
+
+export interface ArrayMap {
+  lunUuid: string;
+  serial: string;
+  lunPath: string;
+  igroup: string;
+  lunId: number;
+}
+
+export interface Reservation {
+  holderInitiator?: string;
+  registrations: { initiator: string; key: string }[];
+}
+
+export interface StorageArray {
+  /** Where it is, for messages. */
+  readonly endpoint: string;
+  listPools(): Promise<PoolInfo[]>;
+  /** Creates a thick LUN; the same path and parameters return the existing one. */
+  createLun(req: { requestId: string; path: string; sizeBytes: number; guestOs: GuestOsName; comment: string }): Promise<ArrayLun>;
+  /** By path, uuid or serial; undefined when there is none. */
+  findLun(ref: string): Promise<ArrayLun | undefined>;
+  listLuns(pathPrefix: string): Promise<ArrayLun[]>;
+  /** Deleting a LUN that is gone succeeds. */
+  deleteLun(req: { requestId: string; lun: string }): Promise<void>;
+  /** Makes sure the igroup exists and holds the initiator. */
+  ensureIgroup(req: { requestId: string; name: string; initiator: string }): Promise<void>;
+  /** Maps at exactly this LUN id; ALREADY_EXISTS when the id is taken by another LUN. */
+  mapLun(req: { requestId: string; lun: string; igroup: string; lunId: number }): Promise<void>;
+  /** Unmapping what is not mapped succeeds. */
+  unmapLun(req: { requestId: string; lun: string; igroup: string }): Promise<void>;
+  listMaps(filter: { igroup?: string; lun?: string }): Promise<ArrayMap[]>;
+  /** Registers the initiator's key and takes a write-exclusive-registrants-only reservation. */
+  reserve(req: { requestId: string; lun: string; initiator: string; key: string }): Promise<void>;
+  /** Releases the reservation if the initiator holds it and unregisters its key. */
+  release(req: { requestId: string; lun: string; initiator: string; key: string }): Promise<void>;
+  readReservation(lun: string): Promise<Reservation>;
+  close(): void;
+}
+
+/** The persistent-reservation key a node uses: stable, derived from its name. */
+export function reservationKey(node: string): string {
+  return createHash('sha256').update(`passthru-node:${node}`).digest('hex').slice(0, 16);
+}
+
+export interface RetryPolicy {
+  /** Attempts in all, the first included. */
+  attempts: number;
+  firstDelayMs: number;
+  maxDelayMs: number;
+  /** Deadline of each call. */
+  callTimeoutMs: number;
+}
+
+export const DEFAULT_RETRY: RetryPolicy = { attempts: 6, firstDelayMs: 50, maxDelayMs: 1000, callTimeoutMs: 5000 };
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function lunRef(l: Lun): ArrayLun {
+  return { uuid: l.uuid, serial: l.serial, naaId: l.naaId, path: l.path, sizeBytes: Number(l.sizeBytes), comment: l.comment, mapped: l.mapped };
+}
+
+/** The array's answer as a domain error, its message kept and attributed. */
+function fromStatus(err: ServiceError, method: string, endpoint: string): Error {
+  const msg = `storage array: ${err.details || err.message}`;
+  const reason = statusDetails(err).reason ?? `ARRAY_${Code[err.code] ?? err.code}`;
+  switch (err.code) {
+    case Code.INVALID_ARGUMENT:
+      return new InvalidArgumentError(method, msg, reason);
+    case Code.NOT_FOUND:
+      return Object.assign(new NotFoundError('array object', method, msg), { reason });
+    case Code.ALREADY_EXISTS:
+      return Object.assign(new AlreadyExistsError('array object', method, msg), { reason });
+    case Code.FAILED_PRECONDITION:
+      return new FailedPreconditionError(msg, reason);
+    case Code.RESOURCE_EXHAUSTED:
+      return new ResourceExhaustedError(msg, reason, statusDetails(err).retryAfterMs);
+    case Code.ABORTED:
+      return new AbortedError(msg, reason);
+    case Code.PERMISSION_DENIED:
+      return new PermissionDeniedError(msg, reason);
+    case Code.UNAVAILABLE:
+    case Code.DEADLINE_EXCEEDED:
+      return new UnavailableError(`storage array at ${endpoint} cannot be reached (${method}: ${err.details || Code[err.code]}); retry later`, 'ARRAY_UNAVAILABLE');
+    default:
+      return new Error(`storage array ${method} answered ${Code[err.code] ?? err.code}: ${err.details}`);
+  }
+}
+
+function retryable(err: unknown): boolean {
+  return isServiceError(err) && (err.code === Code.UNAVAILABLE || err.code === Code.DEADLINE_EXCEEDED);
+}
+
+export class GrpcArray implements StorageArray {
+  private readonly client: PromiseClient<StorageArrayServiceClient>;
+
+  constructor(
+    readonly endpoint: string,
+    private readonly logger: Logger,
+    private readonly retry: RetryPolicy = DEFAULT_RETRY,
+  ) {
+    this.client = connect(StorageArrayServiceClient, endpoint, { timeoutMs: retry.callTimeoutMs });
+  }
+
+  /** One call with the retry policy; the array's refusal comes back as a domain error. */
+  private async call<R>(method: string, fn: () => Promise<R>): Promise<R> {
+    let delay = this.retry.firstDelayMs;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await fn();
+      } catch (err) {
+        if (!isServiceError(err)) throw err;
+        if (!retryable(err) || attempt >= this.retry.attempts) throw fromStatus(err, method, this.endpoint);
+        this.logger.warn('array call retried', { method, attempt, code: Code[err.code], error: err.details });
+        await sleep(delay * (0.5 + Math.random()));
+        delay = Math.min(delay * 2, this.retry.maxDelayMs);
+      }
+    }
+  }
+
+  async listPools(): Promise<PoolInfo[]> {
+    const res = await this.call('ListPools', () => this.client.listPools({}));
+    return res.pools.map((p) => ({ name: p.name, availableBytes: Number(p.availableBytes) }));
+  }
+
+  async createLun(req: { requestId: string; path: string; sizeBytes: number; guestOs: GuestOsName; comment: string }): Promise<ArrayLun> {
+    const res = await this.call('CreateLun', () =>
+      this.client.createLun({
+        requestId: req.requestId,
+        path: req.path,
+        sizeBytes: BigInt(req.sizeBytes),
+        // The LUN is presented to a Hyper-V host for a Windows guest, to a Linux host otherwise.
+        osType: req.guestOs === 'windows' ? OsType.OS_TYPE_HYPER_V : OsType.OS_TYPE_LINUX,
+        provisioning: Provisioning.PROVISIONING_THICK,
+        comment: req.comment,
+        pool: '',
+      }),
+    );
+    return lunRef(res.lun!);
+  }
+
+  async findLun(ref: string): Promise<ArrayLun | undefined> {
+    try {
+      const res = await this.call('GetLun', () => this.client.getLun({ lun: ref }));
+      return lunRef(res.lun!);
+    } catch (err) {
+      if (err instanceof DomainError && err.kind === 'not_found') return undefined;
+      throw err;
+    }
+  }
+
+  async listLuns(pathPrefix: string): Promise<ArrayLun[]> {
+    const out: ArrayLun[] = [];
+    let pageToken = '';
+    do {
+      const res = await this.call('ListLuns', () => this.client.listLuns({ pageSize: 1000, pageToken, pathPrefix }));
+      out.push(...res.luns.map(lunRef));
+      pageToken = res.nextPageToken;
+    } while (pageToken !== '');
+    return out;
+  }
+
+  async deleteLun(req: { requestId: string; lun: string }): Promise<void> {
+    await this.call('DeleteLun', () => this.client.deleteLun({ requestId: req.requestId, lun: req.lun, force: false }));
+  }
+
+  async ensureIgroup(req: { requestId: string; name: string; initiator: string }): Promise<void> {
+    try {
+      await this.call('CreateIgroup', () =>
+        this.client.createIgroup({
+          requestId: req.requestId,
+          name: req.name,
+          protocol: IgroupProtocol.IGROUP_PROTOCOL_ISCSI,
+          osType: OsType.OS_TYPE_HYPER_V,
+          initiators: [req.initiator],
+        }),
+      );
+    } catch (err) {
+      // It exists with other members (an admin added some): make sure ours is among them.
+      if (!(err instanceof DomainError && err.kind === 'already_exists')) throw err;
+      await this.call('AddInitiators', () => this.client.addInitiators({ requestId: '', igroup: req.name, initiators: [req.initiator] }));
+    }
+  }
+
+  async mapLun(req: { requestId: string; lun: string; igroup: string; lunId: number }): Promise<void> {
+    await this.call('MapLun', () => this.client.mapLun(req));
+  }
+
+  async unmapLun(req: { requestId: string; lun: string; igroup: string }): Promise<void> {
+    await this.call('UnmapLun', () => this.client.unmapLun(req));
+  }
+
+  async listMaps(filter: { igroup?: string; lun?: string }): Promise<ArrayMap[]> {
+    const out: ArrayMap[] = [];
+    let pageToken = '';
+    do {
+      const res = await this.call('ListLunMaps', () =>
+        this.client.listLunMaps({ igroup: filter.igroup ?? '', lun: filter.lun ?? '', pageSize: 1000, pageToken }),
+      );
+      out.push(...res.maps.map((m) => ({ lunUuid: m.lunUuid, serial: m.serial, lunPath: m.lunPath, igroup: m.igroup, lunId: m.lunId })));
+      pageToken = res.nextPageToken;
+    } while (pageToken !== '');
+    return out;
+  }
+
+  async reserve(req: { requestId: string; lun: string; initiator: string; key: string }): Promise<void> {
+    await this.call('RegisterReservationKey', () =>
+      this.client.registerReservationKey({ requestId: `${req.requestId}:register`, lun: req.lun, initiator: req.initiator, key: req.key }),
+    );
+    await this.call('Reserve', () =>
+      this.client.reserve({
+        requestId: `${req.requestId}:reserve`,
+        lun: req.lun,
+        initiator: req.initiator,
+        key: req.key,
+        type: ReservationType.RESERVATION_TYPE_WRITE_EXCLUSIVE_REGISTRANTS_ONLY,
+      }),
+    );
+  }
+
+  async release(req: { requestId: string; lun: string; initiator: string; key: string }): Promise<void> {
+    try {
+      // Unregistering (key 0) also releases a reservation the initiator holds (SPC-3).
+      await this.call('RegisterReservationKey', () =>
+        this.client.registerReservationKey({ requestId: `${req.requestId}:unregister`, lun: req.lun, initiator: req.initiator, key: '0' }),
+      );
+    } catch (err) {
+      // Releasing on a LUN that is gone, or no longer mapped to this node, is done already.
+      if (err instanceof DomainError && (err.kind === 'not_found' || err.kind === 'permission_denied')) return;
+      throw err;
+    }
+  }
+
+  async readReservation(lun: string): Promise<Reservation> {
+    const [res, keys] = await Promise.all([
+      this.call('ReadReservation', () => this.client.readReservation({ lun })),
+      this.call('ReadReservationKeys', () => this.client.readReservationKeys({ lun })),
+    ]);
+    return {
+      holderInitiator: res.reserved ? res.holderInitiator : undefined,
+      registrations: keys.registrations.map((r) => ({ initiator: r.initiator, key: r.key })),
+    };
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}

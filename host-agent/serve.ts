@@ -1,0 +1,154 @@
+/**
+ * Wires the host agent together: store, array client, the cluster from its file, the
+ * AdminService on TCP and one GuestService endpoint (Unix socket) per VM. Health is
+ * NOT_SERVING until every node's igroup is on the array and the journal is recovered.
+ */
+import { chmodSync, mkdirSync, rmSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { InvalidArgumentError } from '../common/errors.js';
+import type { Logger } from '../common/logging.js';
+import { startServer, type RunningServer } from '../common/server.js';
+import { HostAgent } from './agent.js';
+import { DEFAULT_RETRY, GrpcArray, type RetryPolicy } from './array.js';
+import type { ClusterFile } from './cluster-file.js';
+import type { VmRecord } from './model.js';
+import { adminService, guestService } from './service.js';
+import { HostState } from './state.js';
+import { SqliteStore } from './store.js';
+import type { BackoffPolicy, StepHook, StepPoint } from './workflow/engine.js';
+
+/** sun_path holds 108 bytes with its terminating NUL. */
+const MAX_SOCKET_PATH = 107;
+
+export interface ServeHostAgentOptions {
+  listen: string;
+  /** The array's address, host:port. */
+  storage: string;
+  dataDir: string;
+  cluster: ClusterFile;
+  /** Where the VMs' sockets go (default <data-dir>/sock). */
+  socketDir?: string;
+  logger: Logger;
+  retry?: Partial<RetryPolicy>;
+  backoff?: BackoffPolicy;
+  /** Tests: SIGKILL this process at a step point, e.g. "lun.map", "create_disk:scsi.attach@after". */
+  crashAt?: string;
+}
+
+export interface ServingHostAgent {
+  agent: HostAgent;
+  admin: RunningServer;
+  guests: Map<string, RunningServer>;
+  /** Settles once the igroups are ensured and the journal recovered (health SERVING). */
+  ready: Promise<void>;
+  close(graceMs?: number): Promise<void>;
+}
+
+const ADMIN = 'passthru.host.v1.AdminService';
+const GUEST = 'passthru.host.v1.GuestService';
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** "[kind:]step[@before|during|after]" → a hook that kills this process there. */
+export function crashHook(spec: string, logger: Logger): StepHook {
+  const m = /^(?:([a-z_]+):)?([a-z.]+)(?:@(before|during|after))?$/.exec(spec);
+  if (!m) throw new InvalidArgumentError('crash-at', `--crash-at ${spec} is not [kind:]step[@before|during|after], e.g. create_disk:lun.map@during`);
+  const [, kind, step, point = 'during'] = m;
+  return (op, name, at: StepPoint) => {
+    if (name !== step || at !== point || (kind && op.kind !== kind)) return;
+    logger.warn('crashing on purpose (--crash-at)', { opId: op.id, step: name, point: at });
+    process.kill(process.pid, 'SIGKILL');
+  };
+}
+
+export async function serveHostAgent(opts: ServeHostAgentOptions): Promise<ServingHostAgent> {
+  const { logger } = opts;
+  const dataDir = resolve(opts.dataDir);
+  const socketDir = resolve(opts.socketDir ?? join(dataDir, 'sock'));
+  mkdirSync(dataDir, { recursive: true });
+  mkdirSync(socketDir, { recursive: true });
+  // Only the host agent's user may enter: a VM's endpoint is that VM's alone.
+  chmodSync(socketDir, 0o700);
+  const socketPath = (id: string): string => join(socketDir, `${id}.sock`);
+  const longest = socketPath('x'.repeat(32));
+  if (Buffer.byteLength(longest) > MAX_SOCKET_PATH) {
+    throw new InvalidArgumentError('socket-dir', `socket dir ${socketDir} is too long for Unix socket paths (at most ${MAX_SOCKET_PATH} bytes with the VM's name): give a shorter --socket-dir`);
+  }
+  const endpoint = (id: string): string => `unix:${socketPath(id)}`;
+
+  const state = new HostState(new SqliteStore(dataDir));
+  const stored = state.meta.get('cluster')?.value as { name: string; volume: string } | undefined;
+  const cluster = stored ?? { name: opts.cluster.name, volume: opts.cluster.volume };
+  const array = new GrpcArray(opts.storage, logger, { ...DEFAULT_RETRY, ...opts.retry });
+  const agent = new HostAgent({
+    state,
+    array,
+    logger,
+    cluster,
+    backoff: opts.backoff,
+    hook: opts.crashAt ? crashHook(opts.crashAt, logger) : undefined,
+  });
+  let admin: RunningServer;
+  const guests = new Map<string, RunningServer>();
+  try {
+    agent.seed(opts.cluster);
+    admin = await startServer({ listen: opts.listen, services: [adminService(agent, endpoint, logger)], logger, initialHealth: 'NOT_SERVING' });
+  } catch (err) {
+    state.close();
+    array.close();
+    throw err;
+  }
+  let healthy = false;
+  const startGuest = async (vm: VmRecord): Promise<void> => {
+    if (guests.has(vm.id)) return;
+    rmSync(socketPath(vm.id), { force: true });
+    const running = await startServer({
+      listen: endpoint(vm.id),
+      services: [guestService(agent, vm.id, endpoint, logger)],
+      logger: logger.child({ vmId: vm.id }),
+      initialHealth: healthy ? 'SERVING' : 'NOT_SERVING',
+    });
+    chmodSync(socketPath(vm.id), 0o600);
+    guests.set(vm.id, running);
+  };
+  agent.on('vmAdded', (vm) => {
+    startGuest(vm).catch((err: unknown) => logger.error('guest endpoint failed to start', { vmId: vm.id, error: String(err) }));
+  });
+  for (const vm of state.vms.values()) await startGuest(vm);
+
+  const setHealth = (status: 'SERVING' | 'NOT_SERVING'): void => {
+    admin.health.set('', status);
+    admin.health.set(ADMIN, status);
+    for (const g of guests.values()) {
+      g.health.set('', status);
+      g.health.set(GUEST, status);
+    }
+  };
+  const ready = (async () => {
+    const started = Date.now();
+    for (let delay = 200; ; delay = Math.min(delay * 2, 5000)) {
+      try {
+        await agent.ensureIgroups();
+        break;
+      } catch (err) {
+        logger.warn('cannot make sure of the node igroups yet; retrying', { error: err instanceof Error ? err.message : String(err), retryInMs: delay });
+        await sleep(delay);
+      }
+    }
+    const recovered = await agent.recover();
+    healthy = true;
+    setHealth('SERVING');
+    logger.info('host agent ready', { cluster: cluster.name, nodes: state.nodes.size, vms: state.vms.size, disks: state.attachments.size, recovered, ms: Date.now() - started });
+  })();
+
+  return {
+    agent,
+    admin,
+    guests,
+    ready,
+    close: async (graceMs = 5000) => {
+      await Promise.all([admin.shutdown(graceMs), ...[...guests.values()].map((g) => g.shutdown(graceMs))]);
+      await agent.close(graceMs);
+      for (const id of guests.keys()) rmSync(socketPath(id), { force: true });
+    },
+  };
+}

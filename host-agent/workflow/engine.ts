@@ -1,0 +1,330 @@
+/**
+ * Runs operations: each a list of steps with `do` and `undo`, journaled in the operation's
+ * record. The rules (DESIGN.md, "The provisioning workflow"):
+ *
+ * - A step with outbound calls is journaled as running before its `do` starts, so "it
+ *   worked but the reply was lost" is covered: recovery treats a running step as maybe
+ *   done. Its `do` returns the model change, which is applied and committed in one
+ *   transaction with the step's "done".
+ * - A step that fails undoes itself and every finished step, newest first. An undo that
+ *   fails stays in the journal and is retried with back-off until it succeeds; only then is
+ *   the operation FAILED, with the error that started the rollback.
+ * - Once the commit step is done, the operation only goes forward: a failing step after it
+ *   is retried with back-off until it succeeds.
+ * - At start-up, operations left running are rolled back before their commit point and
+ *   forward after it.
+ */
+import { DomainError } from '../../common/errors.js';
+import type { Logger } from '../../common/logging.js';
+import type { OperationRecord, StepRecord, StepStateName } from '../model.js';
+import type { HostState } from '../state.js';
+
+/** A model change, applied synchronously and committed with the step's journal entry. */
+export type Apply = () => void;
+
+export interface StepContext<Env> {
+  env: Env;
+  op: OperationRecord;
+  /** A request id for an outbound call, the same every time this step of this operation runs. */
+  requestId(action: string): string;
+  /**
+   * Journals a choice before the step's outbound calls (a LUN id, a name): the change is
+   * committed at once, so a replay after a crash makes the same choice.
+   */
+  journal(change: Apply): void;
+  /** Why a step is slow or retried, shown on the step while it runs. */
+  note(message: string): void;
+}
+
+export interface StepDef<Env> {
+  name: string;
+  /** A reason to skip the step (journaled as skipped), or undefined to run it. */
+  skip?(ctx: StepContext<Env>): string | undefined;
+  do(ctx: StepContext<Env>): Promise<Apply | void> | Apply | void;
+  /** Must succeed whether or not `do` ran, or ran halfway. Steps past the commit point need none. */
+  undo?(ctx: StepContext<Env>): Promise<Apply | void> | Apply | void;
+  /** The commit point: once this step is done, the operation only goes forward. */
+  commits?: boolean;
+}
+
+export interface WorkflowDef<Env> {
+  steps: StepDef<Env>[];
+  /** Called in the transaction that marks the operation SUCCEEDED. */
+  finish?(ctx: StepContext<Env>): void;
+}
+
+export type StepEventKindName = 'started' | 'finished' | 'skipped' | 'failed' | 'undo_started' | 'undone';
+
+export interface StepEventRecord {
+  step: string;
+  kind: StepEventKindName;
+  timeMs: number;
+  message?: string;
+}
+
+/** What a watcher hears: a step event (absent for the final notice) and the operation after it. */
+export type OperationListener = (event: StepEventRecord | undefined, op: OperationRecord) => void;
+
+/** Where a test may stop the process: before a step's `do`, after its calls but before its journal, after its journal. */
+export type StepPoint = 'before' | 'during' | 'after';
+export type StepHook = (op: OperationRecord, step: string, point: StepPoint) => void;
+
+export interface BackoffPolicy {
+  firstMs: number;
+  maxMs: number;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export function errorOf(err: unknown): { kind: DomainError['kind'] | 'internal'; reason: string; message: string } {
+  if (err instanceof DomainError) return { kind: err.kind, reason: err.reason, message: err.message };
+  return { kind: 'internal', reason: 'INTERNAL', message: 'internal error; the host agent log has the details' };
+}
+
+export class Engine<Env> {
+  private readonly listeners = new Map<string, Set<OperationListener>>();
+  private readonly running = new Map<string, Promise<void>>();
+  /** Lock key → operation holding it. */
+  readonly locks = new Map<string, string>();
+  private stopping = false;
+
+  constructor(
+    private readonly state: HostState,
+    private readonly env: Env,
+    private readonly workflows: Record<OperationRecord['kind'], WorkflowDef<Env>>,
+    private readonly logger: Logger,
+    private readonly opts: { backoff?: BackoffPolicy; hook?: StepHook } = {},
+  ) {}
+
+  /** The operation holding a lock key, if any. */
+  holder(key: string): string | undefined {
+    return this.locks.get(key);
+  }
+
+  /** Takes an operation's locks; the caller checked they are free. */
+  lock(op: OperationRecord): void {
+    for (const k of op.locks) this.locks.set(k, op.id);
+  }
+
+  private unlock(op: OperationRecord): void {
+    for (const k of op.locks) if (this.locks.get(k) === op.id) this.locks.delete(k);
+  }
+
+  subscribe(opId: string, listener: OperationListener): () => void {
+    let set = this.listeners.get(opId);
+    if (!set) this.listeners.set(opId, (set = new Set()));
+    set.add(listener);
+    return () => {
+      set.delete(listener);
+      if (set.size === 0) this.listeners.delete(opId);
+    };
+  }
+
+  private emit(op: OperationRecord, event: StepEventRecord | undefined): void {
+    const set = this.listeners.get(op.id);
+    if (!set) return;
+    for (const l of [...set]) {
+      try {
+        l(event, op);
+      } catch (err) {
+        this.logger.error('operation listener failed', { opId: op.id, error: String(err) });
+      }
+    }
+  }
+
+  /** Starts running an operation already recorded (and locked); returns at once. */
+  start(op: OperationRecord): void {
+    this.track(op.id, this.forward(op.id));
+  }
+
+  private track(id: string, run: Promise<void>): void {
+    const p = run
+      .catch((err: unknown) => {
+        // Only the store failing gets here; the journal still says where the operation stands.
+        this.logger.error('operation stopped: the journal could not be written', { opId: id, error: String(err) });
+      })
+      .finally(() => this.running.delete(id));
+    this.running.set(id, p);
+  }
+
+  /** Runs every unfinished operation of the journal to its end: back before the commit point, forward after. */
+  async recover(): Promise<number> {
+    const open = [...this.state.operations.values()].filter((o) => o.state === 'running' || o.state === 'rolling_back');
+    for (const op of open) this.lock(op);
+    for (const op of open) {
+      this.logger.warn('recovering operation', { opId: op.id, kind: op.kind, committed: op.committed, state: op.state });
+      this.track(op.id, op.committed ? this.forward(op.id) : this.rollBack(op.id, undefined));
+    }
+    await Promise.all([...this.running.values()]);
+    return open.length;
+  }
+
+  /** Waits for running operations to end (for up to `ms`); the journal covers the rest. */
+  async drain(ms: number): Promise<boolean> {
+    this.stopping = true;
+    const all = Promise.all([...this.running.values()]).then(() => true);
+    return Promise.race([all, sleep(ms).then(() => false)]);
+  }
+
+  get inFlight(): number {
+    return this.running.size;
+  }
+
+  private current(id: string): OperationRecord {
+    return this.state.operations.get(id)!;
+  }
+
+  /** Replaces the operation's record (records are never mutated in place) in the current transaction. */
+  private update(id: string, change: (op: OperationRecord) => Partial<OperationRecord>): OperationRecord {
+    const op = this.current(id);
+    const next = { ...op, ...change(op), updateMs: Date.now() };
+    this.state.operations.put(next);
+    return next;
+  }
+
+  private setStep(id: string, i: number, patch: Partial<StepRecord>): OperationRecord {
+    return this.update(id, (op) => ({ steps: op.steps.map((s, j) => (j === i ? { ...s, ...patch } : s)) }));
+  }
+
+  private context(id: string, step: string): StepContext<Env> {
+    const self = this;
+    return {
+      env: this.env,
+      get op() {
+        return self.current(id);
+      },
+      requestId: (action) => `${id}:${step}:${action}`,
+      journal: (change) => this.state.transact(change),
+      note: (message) => {
+        const i = this.current(id).steps.findIndex((s) => s.name === step);
+        if (i >= 0) this.state.transact(() => this.setStep(id, i, { message }));
+      },
+    };
+  }
+
+  private async forward(id: string): Promise<void> {
+    const def = this.workflows[this.current(id).kind];
+    let delay = this.opts.backoff?.firstMs ?? 100;
+    for (let i = 0; i < def.steps.length; ) {
+      const step = def.steps[i]!;
+      const rec = this.current(id).steps[i]!;
+      if (rec.state === 'done' || rec.state === 'skipped') {
+        i++;
+        continue;
+      }
+      const ctx = this.context(id, step.name);
+      const skip = step.skip?.(ctx);
+      if (skip !== undefined) {
+        const now = Date.now();
+        const op = this.state.transact(() => this.setStep(id, i, { state: 'skipped', startMs: now, endMs: now, message: skip }));
+        this.emit(op, { step: step.name, kind: 'skipped', timeMs: now, message: skip });
+        i++;
+        continue;
+      }
+      const startMs = Date.now();
+      this.opts.hook?.(this.current(id), step.name, 'before');
+      let op = this.state.transact(() => this.setStep(id, i, { state: 'running', startMs, message: undefined }));
+      this.emit(op, { step: step.name, kind: 'started', timeMs: startMs });
+      try {
+        const apply = await step.do(ctx);
+        this.opts.hook?.(this.current(id), step.name, 'during');
+        const endMs = Date.now();
+        op = this.state.transact(() => {
+          apply?.();
+          this.setStep(id, i, { state: 'done', endMs });
+          return step.commits ? this.update(id, () => ({ committed: true })) : this.current(id);
+        });
+        this.emit(op, { step: step.name, kind: 'finished', timeMs: endMs });
+        this.opts.hook?.(op, step.name, 'after');
+        delay = this.opts.backoff?.firstMs ?? 100;
+        i++;
+      } catch (err) {
+        const e = errorOf(err);
+        if (e.kind === 'internal') this.logger.error('step failed', { opId: id, step: step.name, error: err instanceof Error ? err.stack : String(err) });
+        if (!this.current(id).committed) {
+          await this.rollBack(id, { index: i, error: err });
+          return;
+        }
+        // Past the commit point there is no way back: retry until it goes through.
+        this.logger.warn('step failed after the commit point; retrying', { opId: id, step: step.name, error: e.message, retryInMs: delay });
+        op = this.state.transact(() => this.setStep(id, i, { state: 'running', message: `retrying: ${e.message}` }));
+        this.emit(op, { step: step.name, kind: 'failed', timeMs: Date.now(), message: `retrying: ${e.message}` });
+        if (this.stopping) return;
+        await sleep(delay);
+        delay = Math.min(delay * 2, this.opts.backoff?.maxMs ?? 5000);
+      }
+    }
+    const ctx = this.context(id, '');
+    const op = this.state.transact(() => {
+      def.finish?.(ctx);
+      return this.update(id, () => ({ state: 'succeeded' }));
+    });
+    this.unlock(op);
+    this.logger.info('operation succeeded', { opId: id, kind: op.kind, vmId: op.vmId, mount: op.mountPath, ms: op.updateMs - op.createMs });
+    this.emit(op, undefined);
+  }
+
+  private async rollBack(id: string, failure: { index: number; error: unknown } | undefined): Promise<void> {
+    const def = this.workflows[this.current(id).kind];
+    let op = this.state.transact(() => {
+      if (failure) {
+        const e = errorOf(failure.error);
+        this.setStep(id, failure.index, { state: 'failed', endMs: Date.now(), message: e.message });
+        return this.update(id, () => ({ state: 'rolling_back', error: e }));
+      }
+      return this.update(id, (o) => ({
+        state: 'rolling_back',
+        error: o.error ?? {
+          kind: 'aborted',
+          reason: 'HOST_AGENT_RESTARTED',
+          message: 'the host agent stopped before the operation reached its commit point; it was rolled back: send the request again with a new request id',
+        },
+      }));
+    });
+    if (failure) {
+      const s = op.steps[failure.index]!;
+      this.emit(op, { step: s.name, kind: 'failed', timeMs: s.endMs!, message: s.message });
+    }
+    this.logger.warn('rolling back operation', { opId: id, kind: op.kind, error: op.error?.message });
+    const undoable: StepStateName[] = ['running', 'done', 'failed', 'undoing'];
+    for (let i = def.steps.length - 1; i >= 0; i--) {
+      const step = def.steps[i]!;
+      if (!undoable.includes(this.current(id).steps[i]!.state)) continue;
+      const ctx = this.context(id, step.name);
+      const startMs = Date.now();
+      const keepMessage = this.current(id).steps[i]!.state === 'failed';
+      op = this.state.transact(() => this.setStep(id, i, { state: 'undoing' }));
+      this.emit(op, { step: step.name, kind: 'undo_started', timeMs: startMs });
+      let delay = this.opts.backoff?.firstMs ?? 100;
+      for (;;) {
+        try {
+          const apply = step.undo ? await step.undo(ctx) : undefined;
+          const endMs = Date.now();
+          op = this.state.transact(() => {
+            apply?.();
+            return this.setStep(id, i, {
+              state: 'undone',
+              endMs,
+              message: keepMessage ? this.current(id).steps[i]!.message : undefined,
+            });
+          });
+          this.emit(op, { step: step.name, kind: 'undone', timeMs: endMs });
+          break;
+        } catch (err) {
+          // An undo is never dropped: it stays in the journal and is tried again.
+          const e = errorOf(err);
+          this.logger.warn('undo failed; retrying', { opId: id, step: step.name, error: e.message, retryInMs: delay });
+          if (e.kind === 'internal') this.logger.error('undo error', { opId: id, step: step.name, error: err instanceof Error ? err.stack : String(err) });
+          this.state.transact(() => this.setStep(id, i, { message: `undo failed, retrying: ${e.message}` }));
+          if (this.stopping) return;
+          await sleep(delay);
+          delay = Math.min(delay * 2, this.opts.backoff?.maxMs ?? 5000);
+        }
+      }
+    }
+    op = this.state.transact(() => this.update(id, () => ({ state: 'failed' })));
+    this.unlock(op);
+    this.logger.warn('operation failed and was rolled back', { opId: id, kind: op.kind, error: op.error?.message });
+    this.emit(op, undefined);
+  }
+}
