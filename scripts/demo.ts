@@ -1,9 +1,11 @@
 /**
- * `npm run demo`: what passthru does today, told step by step. Starts a real storage-sim in a
- * temporary data dir and plays a two-node cluster's use of a shared SAN disk: create a LUN,
- * map it to both hosts, write from one node, read from the other, fence the first node with
- * a persistent reservation, then clean up and show that nothing is left. Exits non-zero on
- * any failure. (When host-agent and guest-agent land, the demo grows into the whole road.)
+ * `npm run demo`: what passthru does today, told step by step, on the embedded default: a
+ * real storage-sim and a real host-agent holding a 3-node cluster (examples/cluster.json).
+ * A guest asks for a disk and the host provisions it through the crash-safe workflow, live;
+ * an administrator offers an existing LUN in Available Storage and a VM on another node
+ * connects it; both are removed and nothing is left. Then the array shows the fencing a
+ * failover relies on. Exits non-zero on any failure. (The guest's own side, GPT and mount,
+ * and failover between nodes come with the next issues.)
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -11,32 +13,30 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ServiceError } from '@grpc/grpc-js';
-import { connect } from '../common/client.js';
+import { connect, type PromiseClient } from '../common/client.js';
+import { formatSize } from '../common/size.js';
 import {
-  IgroupProtocol,
-  OsType,
-  Provisioning,
-  ReservationType,
-  StorageArrayServiceClient,
-} from '../proto/gen/passthru/storage/v1/storage.js';
+  AdminServiceClient,
+  GuestServiceClient,
+  OperationState,
+  StepEventKind,
+  StepState,
+  type Operation,
+  type WatchOperationResponse,
+} from '../proto/gen/passthru/host/v1/host.js';
+import { OsType, Provisioning, StorageArrayServiceClient } from '../proto/gen/passthru/storage/v1/storage.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const NODES = [
-  { igroup: 'node1', iqn: 'iqn.1991-05.com.microsoft:node1.cluster.local' },
-  { igroup: 'node2', iqn: 'iqn.1991-05.com.microsoft:node2.cluster.local' },
-];
 
 function say(text: string): void {
   process.stdout.write(`${text}\n`);
 }
 
-function startArray(dataDir: string): Promise<{ address: string; stop(): Promise<void> }> {
-  const child = spawn(process.execPath, [join(root, 'bin', 'storage-sim.js'), 'serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--log-level', 'error'], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
+function start(bin: string, args: string[]): Promise<{ address: string; stop(): Promise<void> }> {
+  const child = spawn(process.execPath, [join(root, 'bin', bin), ...args, '--log-level', 'error'], { stdio: ['ignore', 'pipe', 'inherit'] });
   return new Promise((resolve, reject) => {
     let out = '';
-    child.once('exit', (code) => reject(new Error(`storage-sim exited with ${code} before serving`)));
+    child.once('exit', (code) => reject(new Error(`${bin} exited with ${code} before serving`)));
     child.stdout.on('data', (d: Buffer) => {
       out += d.toString();
       const m = /serving on (\S+)/.exec(out);
@@ -46,6 +46,7 @@ function startArray(dataDir: string): Promise<{ address: string; stop(): Promise
         address: m[1]!,
         stop: () =>
           new Promise<void>((done) => {
+            if (child.exitCode !== null) return done();
             child.once('exit', () => done());
             child.kill('SIGTERM');
           }),
@@ -54,99 +55,149 @@ function startArray(dataDir: string): Promise<{ address: string; stop(): Promise
   });
 }
 
+const EVENT_WORDS: Record<number, string> = {
+  [StepEventKind.STEP_EVENT_KIND_STARTED]: 'started',
+  [StepEventKind.STEP_EVENT_KIND_FINISHED]: 'done',
+  [StepEventKind.STEP_EVENT_KIND_SKIPPED]: 'skipped',
+  [StepEventKind.STEP_EVENT_KIND_FAILED]: 'FAILED',
+  [StepEventKind.STEP_EVENT_KIND_UNDO_STARTED]: 'undoing',
+  [StepEventKind.STEP_EVENT_KIND_UNDONE]: 'undone',
+};
+
+const STEP_WORDS: Record<number, string> = {
+  [StepState.STEP_STATE_DONE]: 'done',
+  [StepState.STEP_STATE_SKIPPED]: 'skipped',
+  [StepState.STEP_STATE_FAILED]: 'FAILED',
+  [StepState.STEP_STATE_UNDONE]: 'undone',
+};
+
+/** Follows an operation's steps as they happen, printing the finished and skipped ones. */
+function follow(guest: { raw: GuestServiceClient } | { raw: AdminServiceClient }, opId: string): Promise<Operation> {
+  return new Promise((resolve, reject) => {
+    const stream = (guest.raw as GuestServiceClient).watchOperation({ operationId: opId });
+    let last: Operation | undefined;
+    stream.on('data', (m: WatchOperationResponse) => {
+      if (!last && !m.event) {
+        // The steps that ran before the watch began, as the operation's first message tells them.
+        for (const s of m.operation!.steps) {
+          const word = STEP_WORDS[s.state];
+          if (word) say(`     ${s.name.padEnd(17)} ${word}${s.message ? ` (${s.message})` : ''}`);
+        }
+      }
+      last = m.operation;
+      const e = m.event;
+      if (e && e.kind !== StepEventKind.STEP_EVENT_KIND_STARTED) {
+        say(`     ${e.step.padEnd(17)} ${EVENT_WORDS[e.kind] ?? e.kind}${e.message ? ` (${e.message})` : ''}`);
+      }
+    });
+    stream.on('error', reject);
+    stream.on('end', () => {
+      if (!last) return reject(new Error('the watch ended without the operation'));
+      if (last.state !== OperationState.OPERATION_STATE_SUCCEEDED) return reject(new Error(`operation ${opId} ended ${OperationState[last.state]}: ${last.error?.message}`));
+      resolve(last);
+    });
+  });
+}
+
 async function main(): Promise<void> {
-  const dataDir = mkdtempSync(join(tmpdir(), 'passthru-demo-'));
-  say('passthru demo: a simulated SAN array serving a two-node cluster\n');
-  const array = await startArray(dataDir);
+  const dataDir = mkdtempSync(join(tmpdir(), 'pt-demo-'));
+  say('passthru demo: pass-through SAN disks for the VMs of a 3-node cluster\n');
+  const array = await start('storage-sim.js', ['serve', '--listen', '127.0.0.1:0', '--data-dir', join(dataDir, 'array')]);
+  const host = await start('host-agent.js', [
+    'serve',
+    '--listen',
+    '127.0.0.1:0',
+    '--storage',
+    array.address,
+    '--data-dir',
+    join(dataDir, 'host'),
+    '--cluster',
+    join(root, 'examples', 'cluster.json'),
+  ]);
   const storage = connect(StorageArrayServiceClient, array.address);
+  const admin = connect(AdminServiceClient, host.address);
+  const guests: PromiseClient<GuestServiceClient>[] = [];
   try {
-    const info = await storage.getArray({});
-    say(`1. Started storage-sim "${info.name}" on ${array.address} (data in ${dataDir}).`);
-    say(`   Pool ${info.pools[0]!.name}: ${Number(info.pools[0]!.capacityBytes) / 1024 ** 4} TiB.`);
+    const cluster = await admin.getCluster({});
+    const { vms } = await admin.listVms({ node: '' });
+    say(`1. storage-sim serves on ${array.address}; host-agent on ${host.address} holds cluster "${cluster.name}":`);
+    say(`   nodes ${cluster.nodes.map((n) => n.name).join(', ')} (each with its igroup on the array), Available Storage owned by ${cluster.availableStorageOwner},`);
+    say(`   VMs ${vms.map((v) => `${v.id} (${v.name}, ${v.guestOs === 1 ? 'Windows' : 'Linux'}, ${v.ha ? 'HA' : 'not HA'}, on ${v.node})`).join(', ')}.`);
 
-    for (const n of NODES) {
-      await storage.createIgroup({
-        requestId: `demo-igroup-${n.igroup}`,
-        name: n.igroup,
-        protocol: IgroupProtocol.IGROUP_PROTOCOL_ISCSI,
-        osType: OsType.OS_TYPE_WINDOWS,
-        initiators: [n.iqn],
-      });
+    const vm1 = vms.find((v) => v.id === 'vm1')!;
+    const g1 = connect(GuestServiceClient, vm1.guestEndpoint);
+    guests.push(g1);
+    const self = await g1.getSelf({});
+    say(`\n2. Inside ${self.vm!.name}, on its own endpoint ${vm1.guestEndpoint}, the guest asks for 1 GiB at E:`);
+    const created = await g1.createDisk({ requestId: 'demo-create-e', mountPath: 'E:', sizeBytes: 1024n ** 3n, sharing: 0 });
+    say(`   The host answers at once with operation ${created.operation!.id}; its steps, live:`);
+    const op1 = await follow(g1, created.operation!.id);
+    const r1 = op1.result!;
+    say(`   Attached at SCSI ${r1.address!.controller}:${r1.address!.location}: LUN ${r1.lunPath}, serial ${r1.serial}, NAA ${r1.naaId}, LUN id ${r1.lunId}.`);
+
+    const { lun } = await storage.getLun({ lun: r1.serial });
+    const maps = (await storage.listLunMaps({ lun: r1.serial, igroup: '', pageSize: 0, pageToken: '' })).maps;
+    const pr = await storage.readReservation({ lun: r1.serial });
+    say(`3. On the array: comment "${lun!.comment}";`);
+    say(`   mapped to ${maps.map((m) => `${m.igroup}@${m.lunId}`).join(', ')} (one LUN id on every node, so vm1 can move); reserved by ${pr.holderInitiator}.`);
+    const groups = (await admin.listGroups({ kind: 0 })).groups;
+    const g = groups.find((x) => x.vmId === 'vm1')!;
+    say(`   In the cluster: resource "${g.resources[0]!.name}" online in group "${g.name}"; temporary groups left: ${groups.filter((x) => x.kind === 4).length}.`);
+
+    const again = await g1.createDisk({ requestId: 'demo-create-e', mountPath: 'E:', sizeBytes: 1024n ** 3n, sharing: 0 });
+    say(`4. The guest's retry with the same request id gets the same operation back (${again.operation!.id === op1.id ? 'same' : 'DIFFERENT'}), nothing done twice.`);
+    try {
+      await g1.createDisk({ requestId: 'demo-bad', mountPath: 'E:\\..\\windows', sizeBytes: 1024n ** 3n, sharing: 0 });
+      throw new Error('an invalid mount path was accepted');
+    } catch (err) {
+      if ((err as ServiceError).code !== 3) throw err;
+      say(`   A bad mount path is refused before anything starts: ${(err as ServiceError).details}`);
     }
-    say(`2. Each host has an igroup holding its iSCSI initiator: ${NODES.map((n) => `${n.igroup} (${n.iqn})`).join(', ')}.`);
 
-    const { lun } = await storage.createLun({
-      requestId: 'demo-lun',
-      path: '/vol/demo/vm1_disk1',
-      sizeBytes: 1024n ** 3n,
-      osType: OsType.OS_TYPE_WINDOWS,
+    const { lun: spare } = await storage.createLun({
+      requestId: 'demo-spare',
+      path: '/vol/shared/reports',
+      sizeBytes: 512n * 1024n ** 2n,
+      osType: OsType.OS_TYPE_LINUX,
       provisioning: Provisioning.PROVISIONING_THIN,
-      comment: 'demo: VM vm1, mount C:\\mt1',
+      comment: 'made by a storage admin',
       pool: '',
     });
-    say(`3. Created a 1 GiB thin LUN ${lun!.path}: serial ${lun!.serial}, NAA id ${lun!.naaId}.`);
+    say(`\n5. An admin offers an existing LUN, ${spare!.path} (${formatSize(Number(spare!.sizeBytes))}), to the cluster (AddAvailableDisk):`);
+    const added = await admin.addAvailableDisk({ requestId: 'demo-add', lun: spare!.path });
+    await follow(admin, added.operation!.id);
+    const as = (await admin.listGroups({ kind: 2 })).groups[0]!;
+    say(`   It is "${as.resources[0]!.name}" in ${as.name}, mapped to every node.`);
+    const vm2 = vms.find((v) => v.id === 'vm2')!;
+    const g2 = connect(GuestServiceClient, vm2.guestEndpoint);
+    guests.push(g2);
+    say(`6. ${vm2.name} on ${vm2.node} (which does not own Available Storage) connects it at /srv/reports:`);
+    const connected = await g2.connectDisk({ requestId: 'demo-connect', mountPath: '/srv/reports', lun: spare!.serial });
+    const op2 = await follow(g2, connected.operation!.id);
+    say(`   Attached at SCSI ${op2.result!.address!.controller}:${op2.result!.address!.location}; the resource moved and was renamed, never two for one LUN.`);
 
-    const ids: string[] = [];
-    for (const n of NODES) {
-      const { map } = await storage.mapLun({ requestId: `demo-map-${n.igroup}`, lun: lun!.path, igroup: n.igroup });
-      ids.push(`${n.igroup} at LUN id ${map!.lunId}`);
-    }
-    say(`4. Mapped it to both hosts (${ids.join(', ')}): a shared cluster disk both can see.`);
+    const checked = await admin.checkInvariants({});
+    say(`\n7. CheckInvariants across hypervisor, cluster and array: ${checked.violations.length} violations.`);
+    if (checked.violations.length > 0) throw new Error(JSON.stringify(checked.violations));
 
-    const text = Buffer.alloc(512);
-    text.write('hello from node1, written through the SAN\n');
-    await storage.writeBlocks({ requestId: 'demo-write', lun: lun!.serial, initiator: NODES[0]!.iqn, offsetBytes: 0n, data: text });
-    const read = await storage.readBlocks({ lun: lun!.serial, initiator: NODES[1]!.iqn, offsetBytes: 0n, lengthBytes: 512 });
-    if (!read.data.equals(text)) throw new Error('node2 read back other bytes than node1 wrote');
-    say(`5. node1 wrote a line; node2 read it back: "${read.data.toString('utf8').replace(/\0+$/, '').trim()}"`);
+    say('8. Removal runs the same road backwards. vm1 removes E: and deletes its LUN:');
+    const rm1 = await g1.removeDisk({ requestId: 'demo-remove-e', mountPath: 'E:', deleteLun: true });
+    await follow(g1, rm1.operation!.id);
+    say('   vm2 removes /srv/reports and keeps the LUN on the array:');
+    const rm2 = await g2.removeDisk({ requestId: 'demo-remove-reports', mountPath: '/srv/reports', deleteLun: false });
+    await follow(g2, rm2.operation!.id);
 
-    try {
-      await storage.readBlocks({ lun: lun!.serial, initiator: 'iqn.1991-05.com.example:stranger', offsetBytes: 0n, lengthBytes: 512 });
-      throw new Error('a host outside the igroups read the LUN: masking is broken');
-    } catch (err) {
-      if ((err as ServiceError).code !== 7) throw err;
-      say('6. A host in no igroup tried to read it and was refused (LUN masking: PERMISSION_DENIED).');
-    }
-
-    const [n1, n2] = NODES as [(typeof NODES)[0], (typeof NODES)[0]];
-    await storage.registerReservationKey({ requestId: 'demo-reg1', lun: lun!.serial, initiator: n1.iqn, key: '0x1' });
-    await storage.registerReservationKey({ requestId: 'demo-reg2', lun: lun!.serial, initiator: n2.iqn, key: '0x2' });
-    await storage.reserve({
-      requestId: 'demo-reserve',
-      lun: lun!.serial,
-      initiator: n1.iqn,
-      key: '0x1',
-      type: ReservationType.RESERVATION_TYPE_WRITE_EXCLUSIVE_REGISTRANTS_ONLY,
-    });
-    say('7. Both nodes registered persistent-reservation keys; node1 holds the reservation.');
-    await storage.preemptReservation({
-      requestId: 'demo-preempt',
-      lun: lun!.serial,
-      initiator: n2.iqn,
-      key: '0x2',
-      preemptKey: '0x1',
-      type: 0,
-    });
-    try {
-      await storage.writeBlocks({ requestId: 'demo-stale-write', lun: lun!.serial, initiator: n1.iqn, offsetBytes: 0n, data: Buffer.alloc(512, 1) });
-      throw new Error('the fenced node could still write');
-    } catch (err) {
-      if ((err as ServiceError).code !== 9) throw err;
-      say(`8. node1 "failed": node2 preempted its key. node1's next write was refused: ${(err as ServiceError).details}`);
-    }
-    const after = await storage.readBlocks({ lun: lun!.serial, initiator: n2.iqn, offsetBytes: 0n, lengthBytes: 512 });
-    if (!after.data.equals(text)) throw new Error('the refused write changed the data');
-    say('   The data is unchanged: the fenced node could not touch it.');
-
-    for (const n of NODES) await storage.unmapLun({ requestId: `demo-unmap-${n.igroup}`, lun: lun!.path, igroup: n.igroup });
-    await storage.deleteLun({ requestId: 'demo-delete', lun: lun!.path, force: false });
-    for (const n of NODES) await storage.deleteIgroup({ requestId: `demo-igroup-del-${n.igroup}`, name: n.igroup });
     const end = await storage.getArray({});
-    if (end.lunCount !== 0 || end.mapCount !== 0 || end.igroupCount !== 0) throw new Error('something was left on the array');
-    say(`9. Unmapped and deleted everything: the array holds ${end.lunCount} LUNs, ${end.mapCount} maps, ${end.igroupCount} igroups.`);
+    const after = await admin.checkInvariants({});
+    const disks = (await g1.listDisks({})).disks.length + (await g2.listDisks({})).disks.length;
+    say(`\n9. Left: ${disks} disks attached, ${end.mapCount} LUN maps on the array, ${end.lunCount} LUN (the kept one), ${after.violations.length} violations.`);
+    if (after.violations.length > 0 || end.mapCount !== 0 || end.lunCount !== 1 || disks !== 0) throw new Error('something was left behind');
     say('\nDemo finished: every step did what it said.');
   } finally {
+    for (const g of guests) g.close();
+    admin.close();
     storage.close();
+    await host.stop();
     await array.stop();
     rmSync(dataDir, { recursive: true, force: true });
   }

@@ -81,7 +81,7 @@ const skipUnlessCreate = (ctx: Ctx): string | undefined => (ctx.op.kind === 'cre
 /** lun.map: one LUN id free on every node it goes to, then MapLun to each node's igroup. */
 export const lunMap: Step = {
   name: 'lun.map',
-  skip: (ctx) => (ctx.op.kind === 'connect_disk' ? 'mapped to every node already (Available Storage)' : undefined),
+  skip: (ctx) => (ctx.op.kind === 'connect_disk' ? 'Available Storage disks are mapped to every node already' : undefined),
   async do(ctx) {
     const { array, lunIds, state } = ctx.env;
     const lun = lunOf(ctx);
@@ -130,7 +130,7 @@ export const lunMap: Step = {
 export const peersMap: Step = {
   name: 'peers.map',
   skip: (ctx) => {
-    if (ctx.op.kind === 'connect_disk') return 'every node sees it already (Available Storage)';
+    if (ctx.op.kind === 'connect_disk') return 'every node sees Available Storage disks already';
     if (ctx.op.params.sharing === 'dedicated') return 'a dedicated disk is seen by its own node only';
     return undefined;
   },
@@ -495,7 +495,7 @@ export const resourceOnlineForDetach: Step = {
 
 export const lunDelete: Step = {
   name: 'lun.delete',
-  skip: (ctx) => (ctx.op.params.deleteLun ? undefined : 'the LUN stays on the array (an admin may add it to Available Storage again)'),
+  skip: (ctx) => (ctx.op.params.deleteLun ? undefined : 'not asked: the LUN stays on the array, where an admin may add it to Available Storage again'),
   async do(ctx) {
     await ctx.env.array.deleteLun({ requestId: ctx.requestId('delete'), lun: lunOf(ctx).uuid });
   },
