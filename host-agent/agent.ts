@@ -132,8 +132,9 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
 
   private readonly workflows: Record<OperationKindName, WorkflowDef<Env>>;
 
+  /** Operations that have not ended (each holds at least one lock while it runs). */
   private *openOperations(): Iterable<OperationRecord> {
-    for (const id of this.engine.locks.values()) {
+    for (const id of new Set(this.engine.locks.values())) {
       const op = this.state.operations.get(id);
       if (op && (op.state === 'running' || op.state === 'rolling_back')) yield op;
     }
