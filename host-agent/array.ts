@@ -33,6 +33,7 @@ import {
   StorageArrayServiceClient,
 } from '../proto/gen/passthru/storage/v1/storage.js';
 import type { GuestOsName, LunRef } from './model.js';
+import { ReportableError } from './workflow/engine.js';
 
 export interface PoolInfo {
   name: string;
@@ -128,7 +129,7 @@ function fromStatus(err: ServiceError, method: string, endpoint: string): Error 
     case Code.DEADLINE_EXCEEDED:
       return new UnavailableError(`storage array at ${endpoint} cannot be reached (${method}: ${err.details || Code[err.code]}); retry later`, 'ARRAY_UNAVAILABLE');
     default:
-      return new Error(`storage array ${method} answered ${Code[err.code] ?? err.code}: ${err.details}`);
+      return new ReportableError(`storage array: ${method} failed with ${Code[err.code] ?? err.code}: ${err.details || 'no details'}`, `ARRAY_${Code[err.code] ?? err.code}`);
   }
 }
 

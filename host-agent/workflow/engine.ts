@@ -76,8 +76,19 @@ export interface BackoffPolicy {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** An error whose message is safe and useful to show a caller as it is (a dependency's own words). */
+export class ReportableError extends Error {
+  constructor(
+    message: string,
+    readonly reason: string,
+  ) {
+    super(message);
+  }
+}
+
 export function errorOf(err: unknown): { kind: DomainError['kind'] | 'internal'; reason: string; message: string } {
   if (err instanceof DomainError) return { kind: err.kind, reason: err.reason, message: err.message };
+  if (err instanceof ReportableError) return { kind: 'internal', reason: err.reason, message: err.message };
   return { kind: 'internal', reason: 'INTERNAL', message: 'internal error; the host agent log has the details' };
 }
 
@@ -292,7 +303,8 @@ export class Engine<Env> {
       if (!undoable.includes(this.current(id).steps[i]!.state)) continue;
       const ctx = this.context(id, step.name);
       const startMs = Date.now();
-      const keepMessage = this.current(id).steps[i]!.state === 'failed';
+      // The failed step keeps saying why it failed, whatever its undo's retries said meanwhile.
+      const failedWith = this.current(id).steps[i]!.state === 'failed' ? this.current(id).steps[i]!.message : undefined;
       op = this.state.transact(() => this.setStep(id, i, { state: 'undoing' }));
       this.emit(op, { step: step.name, kind: 'undo_started', timeMs: startMs });
       let delay = this.opts.backoff?.firstMs ?? 100;
@@ -305,7 +317,7 @@ export class Engine<Env> {
             return this.setStep(id, i, {
               state: 'undone',
               endMs,
-              message: keepMessage ? this.current(id).steps[i]!.message : undefined,
+              message: failedWith,
             });
           });
           this.emit(op, { step: step.name, kind: 'undone', timeMs: endMs });
