@@ -85,7 +85,7 @@ function fingerprint(method: string, params: unknown): string {
   return createHash('sha256').update(method).update('\0').update(JSON.stringify(params)).digest('base64url');
 }
 
-const STEPS: Record<OperationKindName, string[]> = {
+export const STEPS: Record<OperationKindName, string[]> = {
   create_disk: ['validate', 'lun.find', 'lun.create', 'lun.map', 'peers.map', 'resource.create', 'scsi.attach', 'resource.offline', 'resource.online', 'group.delete'],
   connect_disk: ['validate', 'lun.find', 'lun.create', 'lun.map', 'peers.map', 'resource.create', 'scsi.attach', 'resource.offline', 'resource.online', 'group.delete'],
   remove_disk: ['validate', 'group.create', 'resource.offline', 'scsi.detach', 'resource.online', 'peers.unmap', 'lun.unmap', 'lun.delete', 'group.delete'],
@@ -184,9 +184,46 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
   /** Settles the journal (back before the commit point, forward after); then mutations are served. */
   async recover(): Promise<number> {
     this.pruneRequests();
+    const cutShort = [...this.state.operations.values()].filter(
+      (o) => o.kind === 'create_disk' && (o.state === 'running' || o.state === 'rolling_back') && !o.committed,
+    );
     const n = await this.engine.recover();
     this.serving = true;
+    if (cutShort.some((o) => this.state.operations.get(o.id)?.state === 'failed')) this.watchForLateLuns();
     return n;
+  }
+
+  private readonly timers = new Set<NodeJS.Timeout>();
+
+  /**
+   * A CreateLun the previous process sent before it died may still reach the array after
+   * its operation was rolled back (an array runs a command it received, caller gone or
+   * not). Sweep for such LUNs now and a few times over the next minute.
+   */
+  private watchForLateLuns(): void {
+    for (const delay of [0, 1000, 2000, 4000, 8000, 16000, 32000, 64000]) {
+      const t = setTimeout(() => {
+        this.timers.delete(t);
+        this.sweepLateLuns().catch((err: unknown) => this.logger.warn('late LUN sweep failed', { error: String(err) }));
+      }, delay);
+      t.unref();
+      this.timers.add(t);
+    }
+  }
+
+  /** Deletes LUNs of this cluster's volume made by create operations that ended FAILED. */
+  async sweepLateLuns(): Promise<number> {
+    let swept = 0;
+    for (const l of await this.array.listLuns(`/vol/${this.cluster.volume}/`)) {
+      if (this.state.resources.has(l.serial)) continue;
+      const m = /_op_([0-9a-z]+)$/.exec(l.path);
+      const op = m ? this.state.operations.get(`op-${m[1]}`) : undefined;
+      if (!op || op.kind !== 'create_disk' || op.state !== 'failed') continue;
+      await this.array.deleteLun({ requestId: `${op.id}:sweep:${l.serial}`, lun: l.uuid, force: true });
+      this.logger.warn('deleted a LUN created after its operation was rolled back', { opId: op.id, lun: l.path, serial: l.serial });
+      swept++;
+    }
+    return swept;
   }
 
   private pruneRequests(): void {
@@ -199,6 +236,7 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
   }
 
   async close(graceMs = 2000): Promise<void> {
+    for (const t of this.timers) clearTimeout(t);
     await this.engine.drain(graceMs);
     this.array.close();
     this.state.close();

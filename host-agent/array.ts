@@ -67,8 +67,8 @@ export interface StorageArray {
   /** By path, uuid or serial; undefined when there is none. */
   findLun(ref: string): Promise<ArrayLun | undefined>;
   listLuns(pathPrefix: string): Promise<ArrayLun[]>;
-  /** Deleting a LUN that is gone succeeds. */
-  deleteLun(req: { requestId: string; lun: string }): Promise<void>;
+  /** Deleting a LUN that is gone succeeds. `force` takes its maps with it. */
+  deleteLun(req: { requestId: string; lun: string; force?: boolean }): Promise<void>;
   /** Makes sure the igroup exists and holds the initiator. */
   ensureIgroup(req: { requestId: string; name: string; initiator: string }): Promise<void>;
   /** Maps at exactly this LUN id; ALREADY_EXISTS when the id is taken by another LUN. */
@@ -206,8 +206,8 @@ export class GrpcArray implements StorageArray {
     return out;
   }
 
-  async deleteLun(req: { requestId: string; lun: string }): Promise<void> {
-    await this.call('DeleteLun', () => this.client.deleteLun({ requestId: req.requestId, lun: req.lun, force: false }));
+  async deleteLun(req: { requestId: string; lun: string; force?: boolean }): Promise<void> {
+    await this.call('DeleteLun', () => this.client.deleteLun({ requestId: req.requestId, lun: req.lun, force: req.force ?? false }));
   }
 
   async ensureIgroup(req: { requestId: string; name: string; initiator: string }): Promise<void> {

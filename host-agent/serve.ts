@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import { InvalidArgumentError } from '../common/errors.js';
 import type { Logger } from '../common/logging.js';
 import { startServer, type RunningServer } from '../common/server.js';
-import { HostAgent } from './agent.js';
+import { HostAgent, STEPS } from './agent.js';
 import { DEFAULT_RETRY, GrpcArray, type RetryPolicy } from './array.js';
 import type { ClusterFile } from './cluster-file.js';
 import type { VmRecord } from './model.js';
@@ -48,11 +48,14 @@ const ADMIN = 'passthru.host.v1.AdminService';
 const GUEST = 'passthru.host.v1.GuestService';
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+const KNOWN_STEPS = new Set(Object.values(STEPS).flat());
+
 /** "[kind:]step[@before|during|after]" → a hook that kills this process there. */
 export function crashHook(spec: string, logger: Logger): StepHook {
   const m = /^(?:([a-z_]+):)?([a-z.]+)(?:@(before|during|after))?$/.exec(spec);
   if (!m) throw new InvalidArgumentError('crash-at', `--crash-at ${spec} is not [kind:]step[@before|during|after], e.g. create_disk:lun.map@during`);
   const [, kind, step, point = 'during'] = m;
+  if (!KNOWN_STEPS.has(step!)) throw new InvalidArgumentError('crash-at', `--crash-at names no step: ${step} is not one of ${[...KNOWN_STEPS].join(', ')}`);
   return (op, name, at: StepPoint) => {
     if (name !== step || at !== point || (kind && op.kind !== kind)) return;
     logger.warn('crashing on purpose (--crash-at)', { opId: op.id, step: name, point: at });

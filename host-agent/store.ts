@@ -87,7 +87,7 @@ export class SqliteStore implements Store {
     } catch (err) {
       this.db.close();
       if (err instanceof Error && /database is locked|SQLITE_BUSY/i.test(err.message)) {
-        throw new FailedPreconditionError(`data dir ${dataDir} is in use by another host-agent`, 'DATA_DIR_IN_USE');
+        throw new FailedPreconditionError(`data dir ${dataDir} is in use by another host-agent: stop it, or give this one another --data-dir`, 'DATA_DIR_IN_USE');
       }
       throw err;
     }

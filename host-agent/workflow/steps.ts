@@ -235,10 +235,11 @@ export const lunCreate: Step = {
     };
   },
   async undo(ctx) {
-    // The path holds the operation id: a LUN there can only have been made by this operation.
+    // The path holds the operation id: a LUN there can only have been made by this
+    // operation, so it goes with any map a late call of ours may have left on it.
     const vm = vmOf(ctx);
     const path = lunPathFor(ctx.env.cluster.volume, vm.id, mountOf(ctx), ctx.op.id);
-    await ctx.env.array.deleteLun({ requestId: ctx.requestId('delete'), lun: path });
+    await ctx.env.array.deleteLun({ requestId: ctx.requestId('delete'), lun: path, force: true });
     return () => learn(ctx, { createdLun: false });
   },
 };
@@ -462,10 +463,23 @@ export const resourceOfflineForDetach: Step = {
   },
 };
 
-/** scsi.detach (commit point): hot-remove from its SCSI location. */
+/**
+ * scsi.detach (commit point): hot-remove from its SCSI location. Its undo runs only when a
+ * crash came between the hot-remove and its journal entry: the disk goes back where it was.
+ */
 export const scsiDetach: Step = {
   name: 'scsi.detach',
   commits: true,
+  async undo(ctx) {
+    const vm = vmOf(ctx);
+    const address = ctx.op.data.address!;
+    const lun = lunOf(ctx);
+    const disk = ctx.env.state.hostDisks.get(`${vm.node}/${lun.serial}`);
+    if (disk && vm.running) await ctx.env.hypervisor.hotAdd(vm, address, disk);
+    return () => {
+      ctx.env.state.attachments.put({ vmId: vm.id, controller: address.controller, location: address.location, serial: lun.serial });
+    };
+  },
   async do(ctx) {
     const vm = vmOf(ctx);
     const address = ctx.op.data.address!;
