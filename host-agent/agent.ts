@@ -322,6 +322,8 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     fp: string,
     recheck: () => OperationRecord | undefined,
     what: string,
+    /** Model checks repeated in the same tick as the recording, so concurrent calls cannot both pass. */
+    final?: () => void,
   ): Promise<OperationRecord> {
     const validate = this.workflows[op.kind].steps[0]!;
     const ctx: StepContext<Env> = {
@@ -339,6 +341,7 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     const again = recheck();
     if (again) return again;
     this.busy(op.locks, what);
+    final?.();
     const recorded: OperationRecord = {
       ...op,
       steps: op.steps.map((s, i) => (i === 0 ? { ...s, state: 'done', startMs: start, endMs: Date.now() } : s)),
@@ -353,39 +356,40 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     return this.state.operations.get(op.id)!;
   }
 
-  /** Step 0 of create and connect; also re-run after its wait on the array. */
+  /** What step 0 of create and connect checks in the model, synchronously. */
+  private checkAttach(op: OperationRecord): void {
+    const vm = this.vm(op.vmId);
+    const node = this.node(vm.node);
+    checkCanHotPlug(this.env.hypervisor.capabilities(vm.node), vm, node);
+    const mount = parseDrivePath(vm.guestOs, op.mountPath);
+    const volume = volumeOf(mount);
+    if (volume && volume.key !== 'C:' && !this.state.diskAt(vm.id, volume.key)) {
+      throw new FailedPreconditionError(
+        `${mount.path} is a folder mount point on ${volume.path}, but VM ${vm.id} has no passthru volume at ${volume.path}: mount one there first or use a folder on C:`,
+        'MOUNT_VOLUME_MISSING',
+      );
+    }
+    if (op.params.sharing === 'dedicated' && vm.ha) {
+      throw new FailedPreconditionError(
+        `VM ${vm.id} is highly available: its disks must be shared so they can follow it to another node; leave out --dedicated`,
+        'DEDICATED_ON_HA_VM',
+      );
+    }
+    let pending = 0;
+    for (const o of this.openOperations()) if (o.id !== op.id && o.vmId === vm.id && (o.kind === 'create_disk' || o.kind === 'connect_disk') && !o.data.address) pending++;
+    const capacity = vm.controllers * vm.locationsPerController;
+    if (this.state.attachmentsOf(vm.id).length + pending >= capacity) {
+      throw new ResourceExhaustedError(
+        `VM ${vm.id} has no free SCSI location: all ${capacity} (${vm.controllers} controllers x ${vm.locationsPerController}) are in use or being filled; remove a disk first`,
+        'NO_FREE_SCSI_LOCATION',
+      );
+    }
+  }
+
+  /** Step 0 of create and connect: the model, then (create) the array's pool room. */
   private async validateAttach(ctx: StepContext<Env>): Promise<void> {
     const op = ctx.op;
-    const check = (): VmRecord => {
-      const vm = this.vm(op.vmId);
-      const node = this.node(vm.node);
-      checkCanHotPlug(this.env.hypervisor.capabilities(vm.node), vm, node);
-      const mount = parseDrivePath(vm.guestOs, op.mountPath);
-      const volume = volumeOf(mount);
-      if (volume && volume.key !== 'C:' && !this.state.diskAt(vm.id, volume.key)) {
-        throw new FailedPreconditionError(
-          `${mount.path} is a folder mount point on ${volume.path}, but VM ${vm.id} has no passthru volume at ${volume.path}: mount one there first or use a folder on C:`,
-          'MOUNT_VOLUME_MISSING',
-        );
-      }
-      if (op.params.sharing === 'dedicated' && vm.ha) {
-        throw new FailedPreconditionError(
-          `VM ${vm.id} is highly available: its disks must be shared so they can follow it to another node; leave out --dedicated`,
-          'DEDICATED_ON_HA_VM',
-        );
-      }
-      let pending = 0;
-      for (const o of this.openOperations()) if (o.vmId === vm.id && (o.kind === 'create_disk' || o.kind === 'connect_disk') && !o.data.address) pending++;
-      const capacity = vm.controllers * vm.locationsPerController;
-      if (this.state.attachmentsOf(vm.id).length + pending >= capacity) {
-        throw new ResourceExhaustedError(
-          `VM ${vm.id} has no free SCSI location: all ${capacity} (${vm.controllers} controllers x ${vm.locationsPerController}) are in use or being filled; remove a disk first`,
-          'NO_FREE_SCSI_LOCATION',
-        );
-      }
-      return vm;
-    };
-    check();
+    this.checkAttach(op);
     if (op.kind === 'create_disk') {
       const size = op.params.sizeBytes!;
       // A pre-check only: the array has the last word when lun.create asks it.
@@ -397,11 +401,10 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
           'POOL_FULL',
         );
       }
-      check();
     }
   }
 
-  createDisk(vmId: string, req: { requestId: string; mountPath: string; sizeBytes: bigint; sharing: Sharing | undefined }): Promise<OperationRecord> {
+  async createDisk(vmId: string, req: { requestId: string; mountPath: string; sizeBytes: bigint; sharing: Sharing | undefined }): Promise<OperationRecord> {
     const vm = this.vm(vmId);
     const requestId = checkRequestId(req.requestId);
     const mount = parseDrivePath(vm.guestOs, req.mountPath);
@@ -430,7 +433,7 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     const op = this.draft('create_disk', scope, requestId, vmId, mount, { sizeBytes, sharing });
     op.locks = [mountLock(vmId, mount.key)];
     this.busy(op.locks, `${mount.path} of VM ${vmId}`);
-    return this.begin(op, fp, settled, `${mount.path} of VM ${vmId}`);
+    return this.begin(op, fp, settled, `${mount.path} of VM ${vmId}`, () => this.checkAttach(op));
   }
 
   /** The Available Storage resource a guest names by serial or NAA id. */
@@ -450,7 +453,7 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     return undefined;
   }
 
-  connectDisk(vmId: string, req: { requestId: string; mountPath: string; lun: string }): Promise<OperationRecord> {
+  async connectDisk(vmId: string, req: { requestId: string; mountPath: string; lun: string }): Promise<OperationRecord> {
     const vm = this.vm(vmId);
     const requestId = checkRequestId(req.requestId);
     const mount = parseDrivePath(vm.guestOs, req.mountPath);
@@ -480,10 +483,13 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     op.data = { lun: r.lun };
     op.locks = [mountLock(vmId, mount.key), lunLock(r.lun.serial)];
     this.busy(op.locks, `${mount.path} of VM ${vmId} or LUN ${r.lun.serial}`);
-    return this.begin(op, fp, settled, `${mount.path} of VM ${vmId} or LUN ${r.lun.serial}`);
+    return this.begin(op, fp, settled, `${mount.path} of VM ${vmId} or LUN ${r.lun.serial}`, () => {
+      this.checkAttach(op);
+      if (this.state.resources.get(r.lun.serial)?.group !== AVAILABLE_STORAGE) this.availableResource(req.lun);
+    });
   }
 
-  removeDisk(vmId: string, req: { requestId: string; mountPath: string; deleteLun: boolean }): Promise<OperationRecord> {
+  async removeDisk(vmId: string, req: { requestId: string; mountPath: string; deleteLun: boolean }): Promise<OperationRecord> {
     const vm = this.vm(vmId);
     const requestId = checkRequestId(req.requestId);
     const mount = parseDrivePath(vm.guestOs, req.mountPath);
@@ -572,7 +578,7 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     return this.begin(op, fp, () => this.replay('admin', requestId, fp), `LUN ${lun.serial}`);
   }
 
-  removeAvailableDisk(req: { requestId: string; lun: string }): Promise<OperationRecord> {
+  async removeAvailableDisk(req: { requestId: string; lun: string }): Promise<OperationRecord> {
     const requestId = checkRequestId(req.requestId);
     if (req.lun === '') throw new InvalidArgumentError('lun', 'lun is required: the serial or NAA id of a LUN in Available Storage');
     const fp = fingerprint('RemoveAvailableDisk', [req.lun]);
@@ -660,7 +666,7 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     if (!req.guestOs) throw new InvalidArgumentError('guest_os', 'guest_os is required: GUEST_OS_WINDOWS or GUEST_OS_LINUX');
     const controllers = req.controllers || DEFAULT_CONTROLLERS;
     const locations = req.locationsPerController || DEFAULT_LOCATIONS;
-    checkScsiShape('scsi_controllers', controllers, locations);
+    checkScsiShape({ controllers: 'scsi_controllers', locations: 'locations_per_controller' }, controllers, locations);
     if (req.node === '') throw new InvalidArgumentError('node', 'node is required: the node the VM runs on');
     const node = this.node(req.node);
     const wanted = { id, name, guestOs: req.guestOs, ha: req.ha, node: node.name, controllers, locationsPerController: locations };

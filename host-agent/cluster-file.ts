@@ -59,12 +59,12 @@ export function checkVmId(field: string, v: unknown): string {
   return v;
 }
 
-export function checkScsiShape(field: string, controllers: number, locations: number): void {
+export function checkScsiShape(fields: { controllers: string; locations: string }, controllers: number, locations: number): void {
   if (!Number.isInteger(controllers) || controllers < 1 || controllers > MAX_CONTROLLERS) {
-    throw new InvalidArgumentError(field, `${field}: scsi controllers must be 1-${MAX_CONTROLLERS} (or left out for ${DEFAULT_CONTROLLERS})`);
+    throw new InvalidArgumentError(fields.controllers, `${fields.controllers} must be 1-${MAX_CONTROLLERS} SCSI controllers (or left out for ${DEFAULT_CONTROLLERS})`);
   }
   if (!Number.isInteger(locations) || locations < 1 || locations > MAX_LOCATIONS) {
-    throw new InvalidArgumentError(field, `${field}: locations per controller must be 1-${MAX_LOCATIONS} (or left out for ${DEFAULT_LOCATIONS})`);
+    throw new InvalidArgumentError(fields.locations, `${fields.locations} must be 1-${MAX_LOCATIONS} locations per controller (or left out for ${DEFAULT_LOCATIONS})`);
   }
 }
 
@@ -153,7 +153,7 @@ export function parseClusterFile(text: string, source = 'cluster file'): Cluster
       scsiControllers: int(`${f}.scsiControllers`, o.scsiControllers, DEFAULT_CONTROLLERS),
       locationsPerController: int(`${f}.locationsPerController`, o.locationsPerController, DEFAULT_LOCATIONS),
     };
-    checkScsiShape(f, vm.scsiControllers, vm.locationsPerController);
+    checkScsiShape({ controllers: `${f}.scsiControllers`, locations: `${f}.locationsPerController` }, vm.scsiControllers, vm.locationsPerController);
     return vm;
   });
   return { name, volume, availableStorageOwner: owner, nodes, vms };

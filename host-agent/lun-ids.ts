@@ -13,8 +13,8 @@ export const MAX_LUN_ID = 4095;
 
 export class LunIds {
   private readonly foreign = new Map<string, Set<number>>();
-  /** No id below this is free on every node (a hint; choose() wraps around when it is wrong). */
-  private hint = 0;
+  /** Per set of nodes: no id below it is free on all of them (a hint; choose() wraps around when it is wrong). */
+  private readonly hints = new Map<string, number>();
 
   constructor(
     private readonly state: HostState,
@@ -39,15 +39,17 @@ export class LunIds {
     const others = this.chosenByOthers(opId);
     const free = (id: number): boolean =>
       nodes.every((n) => !this.state.lunIdUsed(n, id) && !others.get(n)?.has(id) && !this.foreign.get(n)?.has(id));
-    for (let id = this.hint; id <= MAX_LUN_ID; id++) {
+    const set = nodes.join('\u0000');
+    const hint = this.hints.get(set) ?? 0;
+    for (let id = hint; id <= MAX_LUN_ID; id++) {
       if (free(id)) {
-        this.hint = id;
+        this.hints.set(set, id);
         return id;
       }
     }
-    for (let id = 0; id < this.hint; id++) {
+    for (let id = 0; id < hint; id++) {
       if (free(id)) {
-        this.hint = id;
+        this.hints.set(set, id);
         return id;
       }
     }
@@ -66,6 +68,6 @@ export class LunIds {
 
   /** An id was given back; later choices may reuse it. */
   released(lunId: number): void {
-    if (lunId < this.hint) this.hint = lunId;
+    for (const [set, hint] of this.hints) if (lunId < hint) this.hints.set(set, lunId);
   }
 }

@@ -102,7 +102,10 @@ export interface StepRecord {
   state: StepStateName;
   startMs?: number;
   endMs?: number;
+  /** What is happening or happened: a skip reason, a retry note, the failure. */
   message?: string;
+  /** Why the step failed, kept through its undo and its retries. */
+  error?: string;
 }
 
 export interface OperationError {

@@ -41,5 +41,12 @@ const MAX_COMMENT = 254;
 export function lunComment(cluster: string, vmId: string, mount: DrivePath, opId: string): string {
   const head = `passthru cluster=${cluster} vm=${vmId} op=${opId} mount=`;
   const room = MAX_COMMENT - head.length;
-  return head + (mount.path.length <= room ? mount.path : `${mount.path.slice(0, Math.max(0, room - 3))}...`);
+  if (mount.path.length <= room) return head + mount.path;
+  // Cut by code point, never inside a surrogate pair.
+  let cut = '';
+  for (const ch of mount.path) {
+    if (cut.length + ch.length > room - 3) break;
+    cut += ch;
+  }
+  return `${head}${cut}...`;
 }

@@ -32,13 +32,13 @@ function emptySnapshot(): Snapshot {
 
 /** Keeps records in memory only: for unit tests, and to keep the interface honest. */
 export class MemoryStore implements Store {
-  private readonly data = emptySnapshot();
+  private readonly data = Object.fromEntries(TABLES.map((t) => [t, new Map<string, string>()])) as Record<Table, Map<string, string>>;
   /** Set to make the next apply fail, as a full disk would. */
   failNext: Error | undefined;
 
   load(): Snapshot {
     const out = emptySnapshot();
-    for (const t of TABLES) for (const [k, v] of this.data[t]) out[t].set(k, structuredClone(v));
+    for (const t of TABLES) for (const [k, v] of this.data[t]) out[t].set(k, JSON.parse(v));
     return out;
   }
 
@@ -48,9 +48,17 @@ export class MemoryStore implements Store {
       this.failNext = undefined;
       throw err;
     }
-    for (const c of changes) {
-      if (c.value === undefined) this.data[c.table].delete(c.key);
-      else this.data[c.table].set(c.key, structuredClone(c.value));
+    // Encoded as SQLite's store encodes them (so what one refuses, both refuse), and all
+    // checked before any is kept.
+    const encoded = changes.map((c) => {
+      if (!TABLES.includes(c.table)) throw new TypeError(`no table ${String(c.table)}`);
+      const json = c.value === undefined ? undefined : (JSON.stringify(c.value) as string | undefined);
+      if (c.value !== undefined && json === undefined) throw new TypeError(`${c.table}/${c.key}: a value JSON cannot hold`);
+      return { table: c.table, key: c.key, json };
+    });
+    for (const c of encoded) {
+      if (c.json === undefined) this.data[c.table].delete(c.key);
+      else this.data[c.table].set(c.key, c.json);
     }
   }
 

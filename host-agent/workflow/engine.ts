@@ -143,9 +143,13 @@ export class Engine<Env> {
     }
   }
 
-  /** Starts running an operation already recorded (and locked); returns at once. */
+  /**
+   * Starts running an operation already recorded (and locked); returns at once. The first
+   * step waits for the next turn of the event loop, so whoever started it can subscribe
+   * to its events before any happens.
+   */
   start(op: OperationRecord): void {
-    this.track(op.id, this.forward(op.id));
+    this.track(op.id, new Promise<void>((r) => setImmediate(r)).then(() => this.forward(op.id)));
   }
 
   private track(id: string, run: Promise<void>): void {
@@ -193,8 +197,14 @@ export class Engine<Env> {
     return next;
   }
 
+  /** Patches one step; a field patched to undefined is removed, as the store would drop it. */
   private setStep(id: string, i: number, patch: Partial<StepRecord>): OperationRecord {
-    return this.update(id, (op) => ({ steps: op.steps.map((s, j) => (j === i ? { ...s, ...patch } : s)) }));
+    const merge = (s: StepRecord): StepRecord => {
+      const next: Record<string, unknown> = { ...s, ...patch };
+      for (const k of Object.keys(next)) if (next[k] === undefined) delete next[k];
+      return next as unknown as StepRecord;
+    };
+    return this.update(id, (op) => ({ steps: op.steps.map((s, j) => (j === i ? merge(s) : s)) }));
   }
 
   private context(id: string, step: string): StepContext<Env> {
@@ -280,7 +290,7 @@ export class Engine<Env> {
     let op = this.state.transact(() => {
       if (failure) {
         const e = errorOf(failure.error);
-        this.setStep(id, failure.index, { state: 'failed', endMs: Date.now(), message: e.message });
+        this.setStep(id, failure.index, { state: 'failed', endMs: Date.now(), message: e.message, error: e.message });
         return this.update(id, () => ({ state: 'rolling_back', error: e }));
       }
       return this.update(id, (o) => ({
@@ -303,8 +313,6 @@ export class Engine<Env> {
       if (!undoable.includes(this.current(id).steps[i]!.state)) continue;
       const ctx = this.context(id, step.name);
       const startMs = Date.now();
-      // The failed step keeps saying why it failed, whatever its undo's retries said meanwhile.
-      const failedWith = this.current(id).steps[i]!.state === 'failed' ? this.current(id).steps[i]!.message : undefined;
       op = this.state.transact(() => this.setStep(id, i, { state: 'undoing' }));
       this.emit(op, { step: step.name, kind: 'undo_started', timeMs: startMs });
       let delay = this.opts.backoff?.firstMs ?? 100;
@@ -317,7 +325,8 @@ export class Engine<Env> {
             return this.setStep(id, i, {
               state: 'undone',
               endMs,
-              message: failedWith,
+              // The failed step keeps saying why it failed, whatever its undo's retries said meanwhile.
+              message: this.current(id).steps[i]!.error,
             });
           });
           this.emit(op, { step: step.name, kind: 'undone', timeMs: endMs });
