@@ -363,11 +363,19 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     checkCanHotPlug(this.env.hypervisor.capabilities(vm.node), vm, node);
     const mount = parseDrivePath(vm.guestOs, op.mountPath);
     const volume = volumeOf(mount);
-    if (volume && volume.key !== 'C:' && !this.state.diskAt(vm.id, volume.key)) {
-      throw new FailedPreconditionError(
-        `${mount.path} is a folder mount point on ${volume.path}, but VM ${vm.id} has no passthru volume at ${volume.path}: mount one there first or use a folder on C:`,
-        'MOUNT_VOLUME_MISSING',
-      );
+    if (volume && volume.key !== 'C:') {
+      // The volume must be a finished disk of this VM, and stay one while the folder mount is made.
+      const holder = this.engine.holder(mountLock(vm.id, volume.key));
+      if (holder) {
+        throw new AbortedError(`operation ${holder} is in flight on ${volume.path} of VM ${vm.id}, the volume ${mount.path} sits on: wait for it to end`, 'OPERATION_IN_FLIGHT');
+      }
+      const disk = this.state.diskAt(vm.id, volume.key);
+      if (!disk || disk.group !== vm.group) {
+        throw new FailedPreconditionError(
+          `${mount.path} is a folder mount point on ${volume.path}, but VM ${vm.id} has no passthru volume at ${volume.path}: mount one there first or use a folder on C:`,
+          'MOUNT_VOLUME_MISSING',
+        );
+      }
     }
     if (op.params.sharing === 'dedicated' && vm.ha) {
       throw new FailedPreconditionError(
@@ -503,36 +511,23 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     this.busy(op.locks, `${mount.path} of VM ${vmId}`);
     const r = this.state.diskAt(vmId, mount.key);
     const attachment = r ? this.state.attachmentOfSerial(r.lun.serial) : undefined;
-    if (!r || !attachment) {
-      // Removing what is already gone succeeds: an operation with nothing to do.
-      const now = Date.now();
-      const done: OperationRecord = {
-        ...op,
-        state: 'succeeded',
-        steps: op.steps.map((s, i) => ({
-          ...s,
-          state: i === 0 ? 'done' : 'skipped',
-          startMs: now,
-          endMs: now,
-          message: i === 0 ? `nothing is attached at ${mount.path}` : undefined,
-        })),
-      };
-      this.state.transact(() => {
-        this.state.operations.put(done);
-        this.state.requests.put({ scope: op.scope, requestId, fingerprint: fp, opId: op.id, createMs: now });
-      });
-      return Promise.resolve(done);
-    }
+    if (!r || !attachment) return this.nothingToDo(op, fp, `nothing is attached at ${mount.path}`);
     checkCanHotPlug(this.env.hypervisor.capabilities(vm.node), vm, this.node(vm.node));
-    const inside = this.state
-      .disksOfVm(vmId)
-      .filter((d) => d.mountPath !== undefined && d.lun.serial !== r.lun.serial && isInside(parseDrivePath(vm.guestOs, d.mountPath), mount));
-    if (inside.length > 0) {
-      throw new FailedPreconditionError(
-        `other disks are mounted inside the volume at ${mount.path} (${inside.map((d) => d.mountPath).join(', ')}): remove them first`,
-        'MOUNTS_INSIDE_VOLUME',
-      );
-    }
+    const checkInside = (): void => {
+      const inside = this.state
+        .disksOfVm(vmId)
+        .map((d) => d.mountPath)
+        .filter((p): p is string => p !== undefined && p !== r.mountPath);
+      for (const o of this.openOperations()) if (o.vmId === vmId && (o.kind === 'create_disk' || o.kind === 'connect_disk')) inside.push(o.mountPath);
+      const within = inside.filter((p) => isInside(parseDrivePath(vm.guestOs, p), mount));
+      if (within.length > 0) {
+        throw new FailedPreconditionError(
+          `other disks are mounted (or being mounted) inside the volume at ${mount.path} (${[...new Set(within)].join(', ')}): remove them first`,
+          'MOUNTS_INSIDE_VOLUME',
+        );
+      }
+    };
+    checkInside();
     op.locks.push(lunLock(r.lun.serial));
     this.busy(op.locks, `${mount.path} of VM ${vmId}`);
     op.data = {
@@ -544,7 +539,22 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
       vmGroup: r.group,
       address: { controller: attachment.controller, location: attachment.location },
     };
-    return this.begin(op, fp, () => this.replay(scope, requestId, fp), `${mount.path} of VM ${vmId}`);
+    return this.begin(op, fp, () => this.replay(scope, requestId, fp), `${mount.path} of VM ${vmId}`, checkInside);
+  }
+
+  /** Removing what is already gone succeeds: an operation with nothing to do, recorded under its request id. */
+  private nothingToDo(op: OperationRecord, fp: string, why: string): OperationRecord {
+    const now = Date.now();
+    const done: OperationRecord = {
+      ...op,
+      state: 'succeeded',
+      steps: op.steps.map((s, i) => (i === 0 ? { ...s, state: 'done', startMs: now, endMs: now, message: why } : { ...s, state: 'skipped', startMs: now, endMs: now })),
+    };
+    this.state.transact(() => {
+      this.state.operations.put(done);
+      this.state.requests.put({ scope: op.scope, requestId: op.requestId, fingerprint: fp, opId: op.id, createMs: now });
+    });
+    return done;
   }
 
   async addAvailableDisk(req: { requestId: string; lun: string }): Promise<OperationRecord> {
@@ -585,8 +595,19 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     const first = this.replay('admin', requestId, fp);
     if (first) return Promise.resolve(first);
     this.requireServing();
-    const r = this.availableResource(req.lun);
     const op = this.draft('remove_available_disk', 'admin', requestId, '', undefined, { lun: req.lun });
+    const known = this.findResource(req.lun);
+    if (!known) {
+      // Taking out what is not there succeeds, for a LUN that exists; a name the array does not know is a mistake.
+      if (!(await this.array.findLun(req.lun))) throw new NotFoundError('LUN', req.lun, `the array has no LUN ${req.lun}: give its path, uuid, serial or NAA id`);
+      const again = this.replay('admin', requestId, fp);
+      if (again) return again;
+      return this.nothingToDo(op, fp, `LUN ${req.lun} is not in Available Storage`);
+    }
+    if (known.group !== AVAILABLE_STORAGE) {
+      throw new FailedPreconditionError(`LUN ${known.lun.serial} is in use as ${known.name} (VM ${known.vmId ?? '?'} at ${known.mountPath ?? '?'}): remove the disk from the VM first`, 'LUN_IN_USE');
+    }
+    const r = known;
     op.data = { lun: r.lun, lunId: r.lunId, nodes: r.mappedNodes, sharing: 'shared', resource: r.name };
     op.locks = [lunLock(r.lun.serial)];
     this.busy(op.locks, `LUN ${r.lun.serial}`);
@@ -614,7 +635,7 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
 
   private diskForReport(vmId: string, mountPath: string, requestId: string): { vm: VmRecord; mount: DrivePath; r: ResourceRecord } {
     const vm = this.vm(vmId);
-    if (requestId.length > MAX_REQUEST_ID || !/^[\x21-\x7e]*$/.test(requestId)) checkRequestId(requestId);
+    checkRequestId(requestId);
     const mount = parseDrivePath(vm.guestOs, mountPath);
     const r = this.state.diskAt(vmId, mount.key);
     if (!r || !this.state.attachmentOfSerial(r.lun.serial)) throw new NotFoundError('mount', mount.path, `VM ${vmId} has no disk at ${mount.path}`);
@@ -652,7 +673,30 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
 
   // ---------------------------------------------------------------- admin
 
+  /**
+   * An admin change under its request id: a retry gets the first reply back and changes
+   * nothing; the same id for another request is refused.
+   */
+  private adminChange<R>(requestId: string, method: string, params: unknown, change: () => R): R {
+    checkRequestId(requestId);
+    const fp = fingerprint(method, params);
+    const key = requestKey('admin', requestId);
+    const rec = this.state.requests.get(key);
+    if (rec) {
+      if (rec.fingerprint !== fp) {
+        throw new InvalidArgumentError('request_id', `request_id ${requestId} was used for a different request: use a new request id for a new request`, 'REQUEST_ID_REUSED');
+      }
+      return rec.reply as R;
+    }
+    return this.state.transact(() => {
+      const reply = change();
+      this.state.requests.put({ scope: 'admin', requestId, fingerprint: fp, reply, createMs: Date.now() });
+      return reply;
+    });
+  }
+
   createVm(req: {
+    requestId: string;
     id: string;
     name: string;
     guestOs: GuestOsName | undefined;
@@ -670,32 +714,43 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     if (req.node === '') throw new InvalidArgumentError('node', 'node is required: the node the VM runs on');
     const node = this.node(req.node);
     const wanted = { id, name, guestOs: req.guestOs, ha: req.ha, node: node.name, controllers, locationsPerController: locations };
-    const existing = this.state.vms.get(id);
-    if (existing) {
-      const same = existing.name === name && existing.guestOs === wanted.guestOs && existing.ha === wanted.ha && existing.controllers === controllers && existing.locationsPerController === locations;
-      if (same) return existing;
-      throw new AlreadyExistsError('VM', id, `VM ${id} already exists with other settings (${existing.guestOs}, ${existing.ha ? 'HA' : 'not HA'}, ${existing.controllers}x${existing.locationsPerController}): choose another id`);
-    }
-    const vm = this.state.transact(() => this.putNewVm({ ...wanted, running: true }));
-    this.emit('vmAdded', vm);
+    let added = false;
+    const vm = this.adminChange(req.requestId, 'CreateVm', wanted, () => {
+      const existing = this.state.vms.get(id);
+      if (existing) {
+        const same = existing.name === name && existing.guestOs === wanted.guestOs && existing.ha === wanted.ha && existing.controllers === controllers && existing.locationsPerController === locations;
+        if (same) return existing;
+        throw new AlreadyExistsError('VM', id, `VM ${id} already exists with other settings (${existing.guestOs}, ${existing.ha ? 'HA' : 'not HA'}, ${existing.controllers}x${existing.locationsPerController}): choose another id`);
+      }
+      added = true;
+      return this.putNewVm({ ...wanted, running: true });
+    });
+    if (added) this.emit('vmAdded', vm);
     return vm;
   }
 
-  setVmRunning(id: string, running: boolean): VmRecord {
-    const vm = this.vm(id);
-    if (vm.running === running) return vm;
-    for (const o of this.openOperations()) {
-      if (o.vmId === id) throw new AbortedError(`operation ${o.id} is in flight on VM ${id}: wait for it to end`, 'OPERATION_IN_FLIGHT');
-    }
-    if (running && !this.node(vm.node).up) throw new FailedPreconditionError(`node ${vm.node} is down: VM ${id} cannot start there`, 'NODE_DOWN');
-    return this.state.transact(() => this.state.vms.put({ ...vm, running }));
+  setVmRunning(requestId: string, id: string, running: boolean): VmRecord {
+    this.vm(id);
+    return this.adminChange(requestId, running ? 'StartVm' : 'StopVm', id, () => {
+      const vm = this.vm(id);
+      if (vm.running === running) return vm;
+      for (const o of this.openOperations()) {
+        if (o.vmId === id) throw new AbortedError(`operation ${o.id} is in flight on VM ${id}: wait for it to end`, 'OPERATION_IN_FLIGHT');
+      }
+      if (running && !this.node(vm.node).up) throw new FailedPreconditionError(`node ${vm.node} is down: VM ${id} cannot start there`, 'NODE_DOWN');
+      return this.state.vms.put({ ...vm, running });
+    });
   }
 
-  setHostCapabilities(name: string, caps: { hypervisorEnabled?: boolean; hotAddSupported?: boolean }): NodeRecord {
-    const n = this.node(name);
-    const next = { ...n, hypervisorEnabled: caps.hypervisorEnabled ?? n.hypervisorEnabled, hotAddSupported: caps.hotAddSupported ?? n.hotAddSupported };
-    if (next.hypervisorEnabled === n.hypervisorEnabled && next.hotAddSupported === n.hotAddSupported) return n;
-    return this.state.transact(() => this.state.nodes.put(next));
+  setHostCapabilities(requestId: string, name: string, caps: { hypervisorEnabled?: boolean; hotAddSupported?: boolean }): NodeRecord {
+    if (name === '') throw new InvalidArgumentError('node', 'node is required');
+    this.node(name);
+    return this.adminChange(requestId, 'SetHostCapabilities', [name, caps.hypervisorEnabled ?? null, caps.hotAddSupported ?? null], () => {
+      const n = this.node(name);
+      const next = { ...n, hypervisorEnabled: caps.hypervisorEnabled ?? n.hypervisorEnabled, hotAddSupported: caps.hotAddSupported ?? n.hotAddSupported };
+      if (next.hypervisorEnabled === n.hypervisorEnabled && next.hotAddSupported === n.hotAddSupported) return n;
+      return this.state.nodes.put(next);
+    });
   }
 
   listOperations(filter: { vmId: string; state: OperationStateName | undefined; pageSize: number; pageToken: string }): { ops: OperationRecord[]; next: string } {

@@ -68,6 +68,8 @@ export class SimHypervisor implements Hypervisor {
   }
 
   hotRemove(vm: VmRecord, address: ScsiAddress): void {
+    // Removing from an empty location succeeds, whatever the host can do.
+    if (!this.state.attachments.has(`${vm.id}/${address.controller}/${address.location}`)) return;
     this.check(vm, address);
   }
 }

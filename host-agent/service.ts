@@ -323,6 +323,7 @@ export function adminService(agent: HostAgent, endpoint: (id: string) => string,
           ({
             vm: vm(
               agent.createVm({
+                requestId: req.requestId,
                 id: req.id,
                 name: req.name,
                 guestOs: guestOses.fromWire(req.guestOs),
@@ -333,10 +334,12 @@ export function adminService(agent: HostAgent, endpoint: (id: string) => string,
               }),
             ),
           }),
-        startVm: (req) => ({ vm: vm(agent.setVmRunning(req.vmId, true)) }),
-        stopVm: (req) => ({ vm: vm(agent.setVmRunning(req.vmId, false)) }),
+        startVm: (req) => ({ vm: vm(agent.setVmRunning(req.requestId, req.vmId, true)) }),
+        stopVm: (req) => ({ vm: vm(agent.setVmRunning(req.requestId, req.vmId, false)) }),
         setHostCapabilities: (req) => ({
-          node: toNode(agent.setHostCapabilities(req.node, { hypervisorEnabled: req.hypervisorEnabled, hotAddSupported: req.hotAddSupported })),
+          node: toNode(
+            agent.setHostCapabilities(req.requestId, req.node, { hypervisorEnabled: req.hypervisorEnabled, hotAddSupported: req.hotAddSupported }),
+          ),
         }),
         addAvailableDisk: async (req, ctx) => {
           const op = await agent.addAvailableDisk(req);

@@ -346,7 +346,7 @@ export const scsiAttach: Step = {
     const key = `${ctx.op.vmId}/${address.controller}/${address.location}`;
     const a = state.attachments.get(key);
     const vm = state.vms.get(ctx.op.vmId);
-    if (vm && (!a || a.serial === serial) && vm.running) await hypervisor.hotRemove(vm, address);
+    if (vm && a?.serial === serial) await hypervisor.hotRemove(vm, address);
     return () => {
       if (a && a.serial === serial) state.attachments.delete(key);
     };

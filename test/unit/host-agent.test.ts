@@ -612,7 +612,7 @@ describe('HostAgent over a fake array', () => {
     });
 
     it('two VMs with the same name get "Virtual Machine <name>" and "… (2)" groups', async () => {
-      const vm = w.agent.createVm({ id: 'vm5', name: 'web1', guestOs: 'windows', ha: false, node: 'node3', controllers: 0, locationsPerController: 0 });
+      const vm = w.agent.createVm({ requestId: 'create-vm5', id: 'vm5', name: 'web1', guestOs: 'windows', ha: false, node: 'node3', controllers: 0, locationsPerController: 0 });
       expect(w.agent.vm('vm1').group).to.equal('Virtual Machine web1');
       expect(vm.group).to.equal('Virtual Machine web1 (2)');
       await expectConsistent(w);
