@@ -158,6 +158,11 @@ export class HostState {
     this.pending.clear();
   }
 
+  /** Changes made and not yet committed. */
+  get uncommitted(): number {
+    return this.pending.size;
+  }
+
   /** Makes every change since the last commit durable in one transaction. */
   commit(): void {
     if (this.pending.size === 0) return;

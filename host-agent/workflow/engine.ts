@@ -40,11 +40,21 @@ export interface StepDef<Env> {
   name: string;
   /** A reason to skip the step (journaled as skipped), or undefined to run it. */
   skip?(ctx: StepContext<Env>): string | undefined;
+  /**
+   * Choices the step's calls depend on (a LUN id, a SCSI location), made synchronously and
+   * journaled in the same write as the step's "running", before `do` starts.
+   */
+  prepare?(ctx: StepContext<Env>): void;
   do(ctx: StepContext<Env>): Promise<Apply | void> | Apply | void;
   /** Must succeed whether or not `do` ran, or ran halfway. Steps past the commit point need none. */
   undo?(ctx: StepContext<Env>): Promise<Apply | void> | Apply | void;
   /** The commit point: once this step is done, the operation only goes forward. */
   commits?: boolean;
+  /**
+   * Changes only the model (no array, no hypervisor): its `do` returns its change without
+   * waiting, and it is journaled with the next write instead of a write of its own.
+   */
+  local?: boolean;
 }
 
 export interface WorkflowDef<Env> {
@@ -223,9 +233,38 @@ export class Engine<Env> {
     };
   }
 
+  /**
+   * Runs the operation's steps from the first one not done. The journal is written before
+   * every outbound call (a step's "running", with every synchronous step finished since the
+   * last write), after the commit step, and at the end: control never returns to the event
+   * loop with a change not written, so each write holds whole steps with their model
+   * changes, and events are sent once what they tell is durable.
+   */
   private async forward(id: string): Promise<void> {
     const def = this.workflows[this.current(id).kind];
     let delay = this.opts.backoff?.firstMs ?? 100;
+    /** Events waiting for the write that makes them true, each with the operation as it stood. */
+    let events: [StepEventRecord, OperationRecord][] = [];
+    let written: string[] = [];
+    const event = (e: StepEventRecord): void => {
+      events.push([e, this.current(id)]);
+    };
+    const flush = (): OperationRecord => {
+      this.state.commit();
+      const op = this.current(id);
+      const [ev, hooks] = [events, written];
+      events = [];
+      written = [];
+      for (const [e, at] of ev) this.emit(at, e);
+      for (const name of hooks) this.opts.hook?.(op, name, 'after');
+      return op;
+    };
+    /** Drops what was not written (memory back to the journal) and says why. */
+    const discard = (): void => {
+      if (this.state.uncommitted > 0) this.state.reload();
+      events = [];
+      written = [];
+    };
     for (let i = 0; i < def.steps.length; ) {
       const step = def.steps[i]!;
       const rec = this.current(id).steps[i]!;
@@ -234,41 +273,53 @@ export class Engine<Env> {
         continue;
       }
       const ctx = this.context(id, step.name);
-      const skip = step.skip?.(ctx);
-      if (skip !== undefined) {
-        const now = Date.now();
-        const op = this.state.transact(() => this.setStep(id, i, { state: 'skipped', startMs: now, endMs: now, message: skip }));
-        this.emit(op, { step: step.name, kind: 'skipped', timeMs: now, message: skip });
-        i++;
-        continue;
-      }
+      let apply: Apply | void;
+      /** Whether the step's `do` began: a journal write failing before it leaves the step pending. */
+      let started = false;
       const startMs = Date.now();
-      this.opts.hook?.(this.current(id), step.name, 'before');
-      let op = this.state.transact(() => this.setStep(id, i, { state: 'running', startMs, message: undefined }));
-      this.emit(op, { step: step.name, kind: 'started', timeMs: startMs });
       try {
-        const apply = await step.do(ctx);
+        const skip = step.skip?.(ctx);
+        if (skip !== undefined) {
+          this.setStep(id, i, { state: 'skipped', startMs, endMs: startMs, message: skip });
+          event({ step: step.name, kind: 'skipped', timeMs: startMs, message: skip });
+          i++;
+          continue;
+        }
+        this.opts.hook?.(this.current(id), step.name, 'before');
+        step.prepare?.(ctx);
+        this.setStep(id, i, { state: 'running', startMs });
+        event({ step: step.name, kind: 'started', timeMs: startMs });
+        if (step.local) {
+          started = true;
+          const out = step.do(ctx);
+          if (out instanceof Promise) throw new Error(`step ${step.name} is marked local but waits on something`);
+          apply = out;
+        } else {
+          flush();
+          started = true;
+          apply = await step.do(ctx);
+        }
         this.opts.hook?.(this.current(id), step.name, 'during');
         const endMs = Date.now();
-        op = this.state.transact(() => {
-          apply?.();
-          this.setStep(id, i, { state: 'done', endMs });
-          return step.commits ? this.update(id, () => ({ committed: true })) : this.current(id);
-        });
-        this.emit(op, { step: step.name, kind: 'finished', timeMs: endMs });
-        this.opts.hook?.(op, step.name, 'after');
+        apply?.();
+        this.setStep(id, i, { state: 'done', endMs });
+        if (step.commits) this.update(id, () => ({ committed: true }));
+        event({ step: step.name, kind: 'finished', timeMs: endMs });
+        written.push(step.name);
+        if (step.commits) flush();
         delay = this.opts.backoff?.firstMs ?? 100;
         i++;
       } catch (err) {
+        discard();
         const e = errorOf(err);
         if (e.kind === 'internal') this.logger.error('step failed', { opId: id, step: step.name, error: err instanceof Error ? err.stack : String(err) });
         if (!this.current(id).committed) {
-          await this.rollBack(id, { index: i, error: err });
+          await this.rollBack(id, { index: i, error: err, started });
           return;
         }
         // Past the commit point there is no way back: retry until it goes through.
         this.logger.warn('step failed after the commit point; retrying', { opId: id, step: step.name, error: e.message, retryInMs: delay });
-        op = this.state.transact(() => this.setStep(id, i, { state: 'running', message: `retrying: ${e.message}` }));
+        const op = this.state.transact(() => this.setStep(id, i, { state: 'running', message: `retrying: ${e.message}` }));
         this.emit(op, { step: step.name, kind: 'failed', timeMs: Date.now(), message: `retrying: ${e.message}` });
         if (this.stopping) return;
         await sleep(delay);
@@ -276,21 +327,21 @@ export class Engine<Env> {
       }
     }
     const ctx = this.context(id, '');
-    const op = this.state.transact(() => {
-      def.finish?.(ctx);
-      return this.update(id, () => ({ state: 'succeeded' }));
-    });
+    def.finish?.(ctx);
+    this.update(id, () => ({ state: 'succeeded' }));
+    const op = flush();
     this.unlock(op);
     this.logger.info('operation succeeded', { opId: id, kind: op.kind, vmId: op.vmId, mount: op.mountPath, ms: op.updateMs - op.createMs });
     this.emit(op, undefined);
   }
 
-  private async rollBack(id: string, failure: { index: number; error: unknown } | undefined): Promise<void> {
+  private async rollBack(id: string, failure: { index: number; error: unknown; started?: boolean } | undefined): Promise<void> {
     const def = this.workflows[this.current(id).kind];
     let op = this.state.transact(() => {
       if (failure) {
         const e = errorOf(failure.error);
-        this.setStep(id, failure.index, { state: 'failed', endMs: Date.now(), message: e.message, error: e.message });
+        if (failure.started === false) this.setStep(id, failure.index, { message: `not started: ${e.message}` });
+        else this.setStep(id, failure.index, { state: 'failed', endMs: Date.now(), message: e.message, error: e.message });
         return this.update(id, () => ({ state: 'rolling_back', error: e }));
       }
       return this.update(id, (o) => ({
@@ -302,7 +353,7 @@ export class Engine<Env> {
         },
       }));
     });
-    if (failure) {
+    if (failure && failure.started !== false) {
       const s = op.steps[failure.index]!;
       this.emit(op, { step: s.name, kind: 'failed', timeMs: s.endMs!, message: s.message });
     }

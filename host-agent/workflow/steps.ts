@@ -82,6 +82,9 @@ const skipUnlessCreate = (ctx: Ctx): string | undefined => (ctx.op.kind === 'cre
 export const lunMap: Step = {
   name: 'lun.map',
   skip: (ctx) => (ctx.op.kind === 'connect_disk' ? 'Available Storage disks are mapped to every node already' : undefined),
+  prepare(ctx) {
+    if (ctx.op.data.lunId === undefined) learn(ctx, { lunId: ctx.env.lunIds.choose(nodesFor(ctx), ctx.op.id), nodes: nodesFor(ctx) });
+  },
   async do(ctx) {
     const { array, lunIds, state } = ctx.env;
     const lun = lunOf(ctx);
@@ -129,6 +132,7 @@ export const lunMap: Step = {
 /** peers.map: every other node rescans and records the LUN as a host disk. */
 export const peersMap: Step = {
   name: 'peers.map',
+  local: true,
   skip: (ctx) => {
     if (ctx.op.kind === 'connect_disk') return 'every node sees Available Storage disks already';
     if (ctx.op.params.sharing === 'dedicated') return 'a dedicated disk is seen by its own node only';
@@ -156,6 +160,7 @@ export const peersMap: Step = {
 /** peers.unmap: every other node forgets the host disk. */
 export const peersUnmap: Step = {
   name: 'peers.unmap',
+  local: true,
   skip: (ctx) => (ctx.op.data.sharing === 'dedicated' ? 'a dedicated disk is seen by its own node only' : undefined),
   do(ctx) {
     const lun = lunOf(ctx);
@@ -246,6 +251,7 @@ export const lunCreate: Step = {
 
 export const resourceCreate: Step = {
   name: 'resource.create',
+  local: true,
   do(ctx) {
     const { state } = ctx.env;
     const lun = lunOf(ctx);
@@ -325,11 +331,13 @@ function chooseAddress(ctx: Ctx, vm: VmRecord): ScsiAddress {
 
 export const scsiAttach: Step = {
   name: 'scsi.attach',
+  prepare(ctx) {
+    if (!ctx.op.data.address) learn(ctx, { address: chooseAddress(ctx, vmOf(ctx)) });
+  },
   async do(ctx) {
     const { state, hypervisor } = ctx.env;
     const vm = vmOf(ctx);
     const lun = lunOf(ctx);
-    if (!ctx.op.data.address) ctx.journal(() => learn(ctx, { address: chooseAddress(ctx, vm) }));
     const address = ctx.op.data.address!;
     const disk = state.hostDisks.get(`${vm.node}/${lun.serial}`);
     if (!disk) throw new FailedPreconditionError(`node ${vm.node} does not see LUN ${lun.serial}`, 'HOST_DISK_MISSING');
@@ -363,6 +371,7 @@ function setConfigured(ctx: Ctx, serial: string, on: boolean): void {
 /** resource.offline: the disk resource goes offline and the cluster manager records the VM's new configuration. */
 export const resourceOfflineForAttach: Step = {
   name: 'resource.offline',
+  local: true,
   do(ctx) {
     const serial = lunOf(ctx).serial;
     return () => {
@@ -406,6 +415,7 @@ export const resourceOnlineForAttach: Step = {
 
 export const groupDeleteAfterAttach: Step = {
   name: 'group.delete',
+  local: true,
   do(ctx) {
     return () => {
       if (ctx.op.data.tempGroup) ctx.env.state.groups.delete(ctx.op.data.tempGroup);
@@ -423,6 +433,7 @@ export function provisionWorkflow(validate: Step): WorkflowDef<Env> {
 
 export const groupCreateForDetach: Step = {
   name: 'group.create',
+  local: true,
   do(ctx) {
     const vm = vmOf(ctx);
     const mount = mountOf(ctx);
@@ -447,6 +458,7 @@ export const groupCreateForDetach: Step = {
 
 export const resourceOfflineForDetach: Step = {
   name: 'resource.offline',
+  local: true,
   do(ctx) {
     const serial = lunOf(ctx).serial;
     return () => {
@@ -517,6 +529,7 @@ export const lunDelete: Step = {
 
 export const groupDeleteAfterDetach: Step = {
   name: 'group.delete',
+  local: true,
   do(ctx) {
     return () => {
       const serial = lunOf(ctx).serial;
@@ -542,6 +555,7 @@ export function addAvailableWorkflow(validate: Step): WorkflowDef<Env> {
 /** resource.delete (commit point): the disk resource leaves Available Storage. */
 export const resourceDelete: Step = {
   name: 'resource.delete',
+  local: true,
   commits: true,
   do(ctx) {
     const serial = lunOf(ctx).serial;

@@ -563,7 +563,7 @@ describe('host-agent workflow engine', () => {
       expect(h.stored(op.id)).to.deep.equal(h.op(op.id));
     });
 
-    it('a journal write that fails before a step starts stops the operation where the journal says, and recover() settles it', async () => {
+    it('a journal write that fails before a step starts leaves that step pending and rolls back what ran; memory and journal agree', async () => {
       const h = harness([rec('a'), rec('b'), rec('c')]);
       const op = h.record();
       h.engine.subscribe(op.id, (ev) => {
@@ -572,13 +572,14 @@ describe('host-agent workflow engine', () => {
       h.engine.lock(op);
       h.engine.start(op);
       expect(await h.engine.drain(2000)).to.equal(true);
-      expect(h.env.calls).to.deep.equal(['do a']);
-      expect(states(h.stored(op.id))).to.deep.equal(['done', 'pending', 'pending']);
+      // a's "done" is written with b's "running"; the write after b (before c starts) fails:
+      // c never starts, b and a are undone, and memory and journal agree.
+      expect(h.env.calls).to.deep.equal(['do a', 'do b', 'undo b', 'undo a']);
+      expect(states(h.stored(op.id))).to.deep.equal(['undone', 'undone', 'pending']);
       expect(h.op(op.id)).to.deep.equal(h.stored(op.id));
-      h.restart();
-      await h.engine.recover();
-      expect(h.env.calls).to.deep.equal(['do a', 'undo a']);
       expect(h.op(op.id).state).to.equal('failed');
+      h.restart();
+      expect(await h.engine.recover()).to.equal(0);
     });
   });
 });
