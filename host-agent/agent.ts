@@ -258,7 +258,7 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
 
   /** An operation as a caller may see it: a VM sees only its own (others are NOT_FOUND). */
   operation(scope: Scope, id: string): OperationRecord {
-    const op = this.state.operations.get(id);
+    const op = this.engine.view(id);
     if (!op || (scope !== 'admin' && op.vmId !== scope.vmId)) throw new NotFoundError('operation', id);
     return op;
   }
@@ -761,7 +761,7 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
       .filter((o) => (filter.vmId === '' || o.vmId === filter.vmId) && (!filter.state || o.state === filter.state) && (filter.pageToken === '' || o.id > filter.pageToken))
       .sort((a, b) => (a.id < b.id ? -1 : 1));
     const ops = all.slice(0, size);
-    return { ops, next: all.length > size ? ops[ops.length - 1]!.id : '' };
+    return { ops: ops.map((o) => this.engine.view(o.id) ?? o), next: all.length > size ? ops[ops.length - 1]!.id : '' };
   }
 
   /** Every cross-check between the models and the array; none on a healthy, quiet cluster. */

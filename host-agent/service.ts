@@ -27,6 +27,7 @@ import {
   type Group,
   type Node,
   type Operation,
+  type Step,
   type StepEvent,
   type Vm,
 } from '../proto/gen/passthru/host/v1/host.js';
@@ -40,6 +41,7 @@ import type {
   OperationStateName,
   ResourceStateName,
   Sharing,
+  StepRecord,
   StepStateName,
   VmRecord,
 } from './model.js';
@@ -99,6 +101,18 @@ const stepEventKinds = new EnumCodec<StepEventKindName>('kind', [
 
 const date = (ms: number | undefined): Date | undefined => (ms === undefined ? undefined : new Date(ms));
 
+/** Step records are never changed in place, so one message per record serves every event that carries it. */
+const stepMessages = new WeakMap<StepRecord, Step>();
+
+function toStep(s: StepRecord): Step {
+  let m = stepMessages.get(s);
+  if (!m) {
+    m = { name: s.name, state: stepStates.toWire(s.state), startTime: date(s.startMs), endTime: date(s.endMs), message: s.message ?? '' };
+    stepMessages.set(s, m);
+  }
+  return m;
+}
+
 export function toOperation(op: OperationRecord): Operation {
   const lun = op.data.lun;
   return {
@@ -108,13 +122,7 @@ export function toOperation(op: OperationRecord): Operation {
     mountPath: op.mountPath,
     requestId: op.requestId,
     state: operationStates.toWire(op.state),
-    steps: op.steps.map((s) => ({
-      name: s.name,
-      state: stepStates.toWire(s.state),
-      startTime: date(s.startMs),
-      endTime: date(s.endMs),
-      message: s.message ?? '',
-    })),
+    steps: op.steps.map(toStep),
     result:
       op.state === 'succeeded' && lun
         ? {

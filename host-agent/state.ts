@@ -55,9 +55,20 @@ export class Records<T> {
   constructor(
     readonly table: Table,
     private readonly keyOf: (v: T) => string,
-    private readonly changed: (c: Change) => void,
+    private readonly changed: (records: Records<unknown>, c: Change, old: unknown) => void,
     private readonly indexes: Index<T>[] = [],
   ) {}
+
+  /** Puts back what a key held (undoing a change not yet committed); records nothing. */
+  restore(key: string, old: T | undefined): void {
+    const cur = this.map.get(key);
+    if (cur !== undefined) for (const i of this.indexes) i.remove(key, cur);
+    if (old === undefined) this.map.delete(key);
+    else {
+      this.map.set(key, old);
+      for (const i of this.indexes) i.add(key, old);
+    }
+  }
 
   get(key: string): T | undefined {
     return this.map.get(key);
@@ -78,7 +89,7 @@ export class Records<T> {
     if (old !== undefined) for (const i of this.indexes) i.remove(k, old);
     this.map.set(k, v);
     for (const i of this.indexes) i.add(k, v);
-    this.changed({ table: this.table, key: k, value: v });
+    this.changed(this as Records<unknown>, { table: this.table, key: k, value: v }, old);
     return v;
   }
   delete(key: string): void {
@@ -86,7 +97,7 @@ export class Records<T> {
     if (old === undefined) return;
     for (const i of this.indexes) i.remove(key, old);
     this.map.delete(key);
-    this.changed({ table: this.table, key, value: undefined });
+    this.changed(this as Records<unknown>, { table: this.table, key, value: undefined }, old);
   }
   load(values: Iterable<unknown>): void {
     this.map.clear();
@@ -100,10 +111,22 @@ export class Records<T> {
   }
 }
 
+interface UndoEntry {
+  records: Records<unknown>;
+  key: string;
+  old: unknown;
+  pendingKey: string;
+  oldPending: Change | undefined;
+}
+
 export class HostState {
   private pending = new Map<string, Change>();
-  private readonly record = (c: Change): void => {
-    this.pending.set(`${c.table}\u0000${c.key}`, c);
+  /** How to take back each change not yet committed, oldest first. */
+  private undoLog: UndoEntry[] = [];
+  private readonly record = (records: Records<unknown>, c: Change, old: unknown): void => {
+    const pendingKey = `${c.table}\u0000${c.key}`;
+    this.undoLog.push({ records, key: c.key, old, pendingKey, oldPending: this.pending.get(pendingKey) });
+    this.pending.set(pendingKey, c);
   };
 
   readonly resourcesByName = new Index<ResourceRecord>((r) => r.name);
@@ -156,6 +179,22 @@ export class HostState {
     this.requests.load(snap.requests.values());
     this.meta.load(snap.meta.values());
     this.pending.clear();
+    this.undoLog = [];
+  }
+
+  /** A point to come back to: rollbackTo() takes back every change made after it (none committed since). */
+  mark(): number {
+    return this.undoLog.length;
+  }
+
+  /** Takes back the changes made since `mark`, newest first, as if they never happened. */
+  rollbackTo(mark: number): void {
+    while (this.undoLog.length > mark) {
+      const e = this.undoLog.pop()!;
+      e.records.restore(e.key, e.old);
+      if (e.oldPending) this.pending.set(e.pendingKey, e.oldPending);
+      else this.pending.delete(e.pendingKey);
+    }
   }
 
   /** Changes made and not yet committed. */
@@ -163,11 +202,15 @@ export class HostState {
     return this.pending.size;
   }
 
-  /** Makes every change since the last commit durable in one transaction. */
+  /**
+   * Makes every change since the last commit durable in one transaction. If the store
+   * refuses, memory is reloaded from it: nothing is claimed that was not kept.
+   */
   commit(): void {
     if (this.pending.size === 0) return;
     const changes = [...this.pending.values()];
     this.pending.clear();
+    this.undoLog = [];
     try {
       this.store.apply(changes);
     } catch (err) {
@@ -176,13 +219,14 @@ export class HostState {
     }
   }
 
-  /** Runs a change and commits it; a change that throws is dropped (memory reloaded). */
+  /** Runs a change and commits it; a change that throws is taken back and nothing of it is kept. */
   transact<R>(change: () => R): R {
+    const m = this.mark();
     let result: R;
     try {
       result = change();
     } catch (err) {
-      if (this.pending.size > 0) this.reload();
+      this.rollbackTo(m);
       throw err;
     }
     this.commit();

@@ -141,7 +141,24 @@ export class Engine<Env> {
     };
   }
 
+  /**
+   * The operation as last told (every event goes out once what it tells is written), while
+   * it runs: what callers see, never a step whose write is still to come.
+   */
+  view(id: string): OperationRecord | undefined {
+    return this.told.get(id) ?? this.state.operations.get(id);
+  }
+
+  private readonly told = new Map<string, OperationRecord>();
+
+  /** A note written on a running operation (no event of its own) is what callers see from now on. */
+  private noteWritten(op: OperationRecord): void {
+    if (this.told.has(op.id)) this.told.set(op.id, op);
+  }
+
   private emit(op: OperationRecord, event: StepEventRecord | undefined): void {
+    if (event) this.told.set(op.id, op);
+    else this.told.delete(op.id);
     const set = this.listeners.get(op.id);
     if (!set) return;
     for (const l of [...set]) {
@@ -228,7 +245,7 @@ export class Engine<Env> {
       journal: (change) => this.state.transact(change),
       note: (message) => {
         const i = this.current(id).steps.findIndex((s) => s.name === step);
-        if (i >= 0) this.state.transact(() => this.setStep(id, i, { message }));
+        if (i >= 0) this.noteWritten(this.state.transact(() => this.setStep(id, i, { message })));
       },
     };
   }
@@ -249,8 +266,10 @@ export class Engine<Env> {
     const event = (e: StepEventRecord): void => {
       events.push([e, this.current(id)]);
     };
+    /** Writes everything so far, then tells it. */
     const flush = (): OperationRecord => {
       this.state.commit();
+      mark = this.state.mark();
       const op = this.current(id);
       const [ev, hooks] = [events, written];
       events = [];
@@ -259,9 +278,11 @@ export class Engine<Env> {
       for (const name of hooks) this.opts.hook?.(op, name, 'after');
       return op;
     };
-    /** Drops what was not written (memory back to the journal) and says why. */
+    /** Where the changes not yet written began: a synchronous failure takes back what came after. */
+    let mark = this.state.mark();
+    /** Takes back what the failing step changed and was not written, and its untold events. */
     const discard = (): void => {
-      if (this.state.uncommitted > 0) this.state.reload();
+      this.state.rollbackTo(mark);
       events = [];
       written = [];
     };
@@ -298,6 +319,7 @@ export class Engine<Env> {
           flush();
           started = true;
           apply = await step.do(ctx);
+          mark = this.state.mark();
         }
         this.opts.hook?.(this.current(id), step.name, 'during');
         const endMs = Date.now();
@@ -387,7 +409,7 @@ export class Engine<Env> {
           const e = errorOf(err);
           this.logger.warn('undo failed; retrying', { opId: id, step: step.name, error: e.message, retryInMs: delay });
           if (e.kind === 'internal') this.logger.error('undo error', { opId: id, step: step.name, error: err instanceof Error ? err.stack : String(err) });
-          this.state.transact(() => this.setStep(id, i, { message: `undo failed, retrying: ${e.message}` }));
+          this.noteWritten(this.state.transact(() => this.setStep(id, i, { message: `undo failed, retrying: ${e.message}` })));
           if (this.stopping) return;
           await sleep(delay);
           delay = Math.min(delay * 2, this.opts.backoff?.maxMs ?? 5000);
