@@ -195,27 +195,43 @@ function toDisk(d: DiskView): Disk {
 const final = (op: OperationRecord): boolean => op.state === 'succeeded' || op.state === 'failed';
 
 /**
- * WatchOperation for both services: the operation as it stands, then one message per step
- * event, ending after the final state. Subscribes before reading, so nothing falls between.
+ * WatchOperation for both services: the operation as it stands, then its step events, those
+ * the engine tells together (one journal write) in one message, ending after the final state.
+ * Subscribes before reading, so nothing falls between.
  */
 async function watchOperation(
   agent: HostAgent,
   scope: Scope,
   id: string,
   signal: AbortSignal,
-  send: (m: { event: StepEvent | undefined; operation: Operation }) => void,
+  send: (m: { events: StepEvent[]; operation: Operation }) => void,
 ): Promise<void> {
   if (id === '') throw new InvalidArgumentError('operation_id', 'operation_id is required');
   await new Promise<void>((resolve, reject) => {
     let unsubscribe: () => void = () => undefined;
+    let ended = false;
     const done = (): void => {
+      ended = true;
       unsubscribe();
       signal.removeEventListener('abort', done);
       resolve();
     };
+    let queued: StepEvent[] | undefined;
+    let latest: OperationRecord | undefined;
+    const sendQueued = (): void => {
+      const events = queued!;
+      queued = undefined;
+      if (ended) return;
+      send({ events, operation: toOperation(latest!) });
+      if (final(latest!)) done();
+    };
     const listener: OperationListener = (event, op) => {
-      send({ event: event ? toEvent(event) : undefined, operation: toOperation(op) });
-      if (!event && final(op)) done();
+      latest = op;
+      if (!queued) {
+        queued = [];
+        queueMicrotask(sendQueued);
+      }
+      if (event) queued.push(toEvent(event));
     };
     try {
       unsubscribe = agent.watch(scope, id, listener);
@@ -225,7 +241,7 @@ async function watchOperation(
     }
     signal.addEventListener('abort', done);
     const op = agent.operation(scope, id);
-    send({ event: undefined, operation: toOperation(op) });
+    send({ events: [], operation: toOperation(op) });
     if (final(op)) done();
   });
 }

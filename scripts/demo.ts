@@ -77,7 +77,7 @@ function follow(guest: { raw: GuestServiceClient } | { raw: AdminServiceClient }
     const stream = (guest.raw as GuestServiceClient).watchOperation({ operationId: opId });
     let last: Operation | undefined;
     stream.on('data', (m: WatchOperationResponse) => {
-      if (!last && !m.event) {
+      if (!last) {
         // The steps that ran before the watch began, as the operation's first message tells them.
         for (const s of m.operation!.steps) {
           const word = STEP_WORDS[s.state];
@@ -85,9 +85,8 @@ function follow(guest: { raw: GuestServiceClient } | { raw: AdminServiceClient }
         }
       }
       last = m.operation;
-      const e = m.event;
-      if (e && e.kind !== StepEventKind.STEP_EVENT_KIND_STARTED) {
-        say(`     ${e.step.padEnd(17)} ${EVENT_WORDS[e.kind] ?? e.kind}${e.message ? ` (${e.message})` : ''}`);
+      for (const e of m.events) {
+        if (e.kind !== StepEventKind.STEP_EVENT_KIND_STARTED) say(`     ${e.step.padEnd(17)} ${EVENT_WORDS[e.kind] ?? e.kind}${e.message ? ` (${e.message})` : ''}`);
       }
     });
     stream.on('error', reject);

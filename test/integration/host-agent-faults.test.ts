@@ -104,7 +104,7 @@ async function watch(c: TestCluster, opId: string): Promise<{ done: Promise<Step
   const ready = new Promise<void>((r) => (first = r));
   const done = new Promise<StepEvent[]>((resolve, reject) => {
     call.on('data', (m: AdminServiceWatchOperationResponse) => {
-      if (m.event) events.push(m.event);
+      events.push(...m.events);
       first();
     });
     call.on('end', () => resolve(events));

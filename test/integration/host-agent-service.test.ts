@@ -237,7 +237,7 @@ function eventsAfter(first: Operation, last: Operation): string[] {
   return out;
 }
 
-const eventsOf = (w: Watched): string[] => w.msgs.filter((m) => m.event).map((m) => `${m.event!.step} ${eventKindName(m.event!.kind)}`);
+const eventsOf = (w: Watched): string[] => w.msgs.flatMap((m) => m.events).map((e) => `${e.step} ${eventKindName(e.kind)}`);
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -615,7 +615,7 @@ describe('host-agent over gRPC', function () {
       expectSucceeded(op);
       const ev = eventsOf(w);
       expect(ev).to.include('lun.unmap STEP_EVENT_KIND_FAILED');
-      expect(w.msgs.find((m) => m.event?.kind === StepEventKind.STEP_EVENT_KIND_FAILED)!.event!.message).to.match(/^retrying: /);
+      expect(w.msgs.flatMap((m) => m.events).find((e) => e.kind === StepEventKind.STEP_EVENT_KIND_FAILED)!.message).to.match(/^retrying: /);
       expect(ev.filter((e) => /UNDO|UNDONE/.test(e))).to.deep.equal([]);
       expect(await allMaps(c)).to.deep.equal([]);
       expect((await c.storage.getLun({ lun: created.result!.serial })).lun!.mapped).to.equal(false);
@@ -674,34 +674,38 @@ describe('host-agent over gRPC', function () {
       await c.close();
     });
 
-    it('first message has no event and the operation so far; then one event per step started/finished/skipped in order; the last message carries the final state and the stream ends', async () => {
+    it('first message has no events and the operation so far; then every step started/finished/skipped in order, events written together in one message; the last message carries the final state and the stream ends', async () => {
       await delayArray(c, 'CreateLun', 300);
       const { operation } = await c.guest('vm1').createDisk(createReq({ mountPath: 'E:' }));
       const w = await collect(c.guest('vm1').raw.watchOperation({ operationId: operation!.id }));
       expect(w.error).to.equal(undefined);
       expect(w.ended).to.equal(true);
       const first = w.msgs[0]!;
-      expect(first.event).to.equal(undefined);
+      expect(first.events).to.deep.equal([]);
       expect(stateName(first.operation!.state)).to.equal('OPERATION_STATE_RUNNING');
       expect(stepStateName(first.operation!.steps[2]!.state), 'lun.create is still waiting on the array').to.equal('STEP_STATE_RUNNING');
       const last = w.msgs[w.msgs.length - 1]!;
-      expect(last.event).to.equal(undefined);
       expectSucceeded(last.operation!);
       expect(last.operation).to.deep.equal(await c.settle(operation!.id));
-      const middle = w.msgs.slice(1, -1);
-      expect(middle.every((m) => m.event !== undefined), 'every message between the first and the last carries an event').to.equal(true);
+      const later = w.msgs.slice(1);
+      expect(later.every((m) => m.events.length > 0), 'every message after the first carries events').to.equal(true);
+      expect(later.slice(0, -1).every((m) => stateName(m.operation!.state) === 'OPERATION_STATE_RUNNING'), 'only the last message is final').to.equal(true);
       expect(eventsOf(w)).to.deep.equal(eventsAfter(first.operation!, last.operation!));
       expect(eventsOf(w)).to.include('group.delete STEP_EVENT_KIND_FINISHED');
-      // Each message's operation is the operation as it stands after its event.
-      for (const m of middle) {
-        const s = m.operation!.steps.find((x) => x.name === m.event!.step)!;
-        const want = { [StepEventKind.STEP_EVENT_KIND_STARTED]: StepState.STEP_STATE_RUNNING, [StepEventKind.STEP_EVENT_KIND_FINISHED]: StepState.STEP_STATE_DONE, [StepEventKind.STEP_EVENT_KIND_SKIPPED]: StepState.STEP_STATE_SKIPPED }[m.event!.kind as number];
-        expect(stepStateName(s.state), `${m.event!.step} after ${eventKindName(m.event!.kind)}`).to.equal(stepStateName(want!));
-        expect(m.event!.time).to.be.instanceOf(Date);
+      // Each message's operation is the operation as it stands after its events: every step an
+      // event names is at least as far as the event says.
+      const rank: Record<number, number> = { [StepState.STEP_STATE_RUNNING]: 1, [StepState.STEP_STATE_DONE]: 2, [StepState.STEP_STATE_SKIPPED]: 2 };
+      for (const m of later) {
+        for (const e of m.events) {
+          const s = m.operation!.steps.find((x) => x.name === e.step)!;
+          const want = { [StepEventKind.STEP_EVENT_KIND_STARTED]: 1, [StepEventKind.STEP_EVENT_KIND_FINISHED]: 2, [StepEventKind.STEP_EVENT_KIND_SKIPPED]: 2 }[e.kind as number]!;
+          expect(rank[s.state] ?? 0, `${e.step} after ${eventKindName(e.kind)}`).to.be.at.least(want);
+          expect(e.time).to.be.instanceOf(Date);
+        }
       }
-      const commit = middle.find((m) => m.event!.step === 'resource.online' && m.event!.kind === StepEventKind.STEP_EVENT_KIND_FINISHED)!;
+      const commit = later.find((m) => m.events.some((e) => e.step === 'resource.online' && e.kind === StepEventKind.STEP_EVENT_KIND_FINISHED))!;
       expect(commit.operation!.committed, 'committed once resource.online finished').to.equal(true);
-      const beforeCommit = middle.find((m) => m.event!.step === 'scsi.attach' && m.event!.kind === StepEventKind.STEP_EVENT_KIND_FINISHED)!;
+      const beforeCommit = later.find((m) => m.events.some((e) => e.step === 'resource.online' && e.kind === StepEventKind.STEP_EVENT_KIND_STARTED))!;
       expect(beforeCommit.operation!.committed).to.equal(false);
       expect(await c.violations()).to.deep.equal([]);
     });
@@ -726,7 +730,7 @@ describe('host-agent over gRPC', function () {
       const id = operation!.id;
       let second: Promise<Watched> | undefined;
       const firstWatch = collect(c.guest('vm2').raw.watchOperation({ operationId: id }), (m) => {
-        if (!second && m.event?.step === 'lun.map' && m.event.kind === StepEventKind.STEP_EVENT_KIND_STARTED) {
+        if (!second && m.events.some((e) => e.step === 'lun.map' && e.kind === StepEventKind.STEP_EVENT_KIND_STARTED)) {
           second = collect(c.admin.raw.watchOperation({ operationId: id }));
         }
       });
@@ -735,7 +739,7 @@ describe('host-agent over gRPC', function () {
       const w2 = await second!;
       expect(w1.ended && w2.ended).to.equal(true);
       const head = w2.msgs[0]!;
-      expect(head.event).to.equal(undefined);
+      expect(head.events).to.deep.equal([]);
       expect(stepStateName(head.operation!.steps[2]!.state)).to.equal('STEP_STATE_DONE');
       expect(stepStateName(head.operation!.steps[3]!.state), 'joined while lun.map waits on the array').to.equal('STEP_STATE_RUNNING');
       const ev1 = eventsOf(w1);
@@ -751,7 +755,7 @@ describe('host-agent over gRPC', function () {
         const w = await collect(stream);
         expect(w.ended).to.equal(true);
         expect(w.msgs).to.have.length(1);
-        expect(w.msgs[0]!.event).to.equal(undefined);
+        expect(w.msgs[0]!.events).to.deep.equal([]);
         expect(w.msgs[0]!.operation).to.deep.equal(op);
       }
       expect(await c.violations()).to.deep.equal([]);
@@ -767,7 +771,6 @@ describe('host-agent over gRPC', function () {
       expect(ev).to.include.members(['lun.map STEP_EVENT_KIND_FAILED', 'lun.map STEP_EVENT_KIND_UNDO_STARTED', 'lun.map STEP_EVENT_KIND_UNDONE', 'lun.create STEP_EVENT_KIND_UNDONE']);
       expect(ev.indexOf('lun.map STEP_EVENT_KIND_UNDONE'), 'newest first').to.be.below(ev.indexOf('lun.create STEP_EVENT_KIND_UNDO_STARTED'));
       const last = w.msgs[w.msgs.length - 1]!;
-      expect(last.event).to.equal(undefined);
       expect(stateName(last.operation!.state)).to.equal('OPERATION_STATE_FAILED');
       expect(await c.violations()).to.deep.equal([]);
     });

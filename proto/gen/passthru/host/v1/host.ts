@@ -716,11 +716,12 @@ export interface WatchOperationRequest {
 }
 
 export interface WatchOperationResponse {
-  /** Absent on the first message, which only carries the operation's state so far. */
-  event:
-    | StepEvent
-    | undefined;
-  /** The operation as it stands after the event; the stream ends after a final state. */
+  /**
+   * The step events since the last message, oldest first; none on the first message, which
+   * carries the operation's state so far.
+   */
+  events: StepEvent[];
+  /** The operation as it stands after these events; the stream ends after a final state. */
   operation: Operation | undefined;
 }
 
@@ -897,7 +898,7 @@ export interface AdminServiceWatchOperationRequest {
 }
 
 export interface AdminServiceWatchOperationResponse {
-  event: StepEvent | undefined;
+  events: StepEvent[];
   operation: Operation | undefined;
 }
 
@@ -3318,13 +3319,13 @@ export const WatchOperationRequest: MessageFns<WatchOperationRequest> = {
 };
 
 function createBaseWatchOperationResponse(): WatchOperationResponse {
-  return { event: undefined, operation: undefined };
+  return { events: [], operation: undefined };
 }
 
 export const WatchOperationResponse: MessageFns<WatchOperationResponse> = {
   encode(message: WatchOperationResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.event !== undefined) {
-      StepEvent.encode(message.event, writer.uint32(10).fork()).join();
+    for (const v of message.events) {
+      StepEvent.encode(v!, writer.uint32(10).fork()).join();
     }
     if (message.operation !== undefined) {
       Operation.encode(message.operation, writer.uint32(18).fork()).join();
@@ -3350,7 +3351,7 @@ export const WatchOperationResponse: MessageFns<WatchOperationResponse> = {
               break;
             }
 
-            message.event = StepEvent.decode(reader, reader.uint32());
+            message.events.push(StepEvent.decode(reader, reader.uint32()));
             continue;
           }
           case 2: {
@@ -3375,15 +3376,15 @@ export const WatchOperationResponse: MessageFns<WatchOperationResponse> = {
 
   fromJSON(object: any): WatchOperationResponse {
     return {
-      event: isSet(object.event) ? StepEvent.fromJSON(object.event) : undefined,
+      events: globalThis.Array.isArray(object?.events) ? object.events.map((e: any) => StepEvent.fromJSON(e)) : [],
       operation: isSet(object.operation) ? Operation.fromJSON(object.operation) : undefined,
     };
   },
 
   toJSON(message: WatchOperationResponse): unknown {
     const obj: any = {};
-    if (message.event !== undefined) {
-      obj.event = StepEvent.toJSON(message.event);
+    if (message.events?.length) {
+      obj.events = message.events.map((e) => StepEvent.toJSON(e));
     }
     if (message.operation !== undefined) {
       obj.operation = Operation.toJSON(message.operation);
@@ -5965,13 +5966,13 @@ export const AdminServiceWatchOperationRequest: MessageFns<AdminServiceWatchOper
 };
 
 function createBaseAdminServiceWatchOperationResponse(): AdminServiceWatchOperationResponse {
-  return { event: undefined, operation: undefined };
+  return { events: [], operation: undefined };
 }
 
 export const AdminServiceWatchOperationResponse: MessageFns<AdminServiceWatchOperationResponse> = {
   encode(message: AdminServiceWatchOperationResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.event !== undefined) {
-      StepEvent.encode(message.event, writer.uint32(10).fork()).join();
+    for (const v of message.events) {
+      StepEvent.encode(v!, writer.uint32(10).fork()).join();
     }
     if (message.operation !== undefined) {
       Operation.encode(message.operation, writer.uint32(18).fork()).join();
@@ -5997,7 +5998,7 @@ export const AdminServiceWatchOperationResponse: MessageFns<AdminServiceWatchOpe
               break;
             }
 
-            message.event = StepEvent.decode(reader, reader.uint32());
+            message.events.push(StepEvent.decode(reader, reader.uint32()));
             continue;
           }
           case 2: {
@@ -6022,15 +6023,15 @@ export const AdminServiceWatchOperationResponse: MessageFns<AdminServiceWatchOpe
 
   fromJSON(object: any): AdminServiceWatchOperationResponse {
     return {
-      event: isSet(object.event) ? StepEvent.fromJSON(object.event) : undefined,
+      events: globalThis.Array.isArray(object?.events) ? object.events.map((e: any) => StepEvent.fromJSON(e)) : [],
       operation: isSet(object.operation) ? Operation.fromJSON(object.operation) : undefined,
     };
   },
 
   toJSON(message: AdminServiceWatchOperationResponse): unknown {
     const obj: any = {};
-    if (message.event !== undefined) {
-      obj.event = StepEvent.toJSON(message.event);
+    if (message.events?.length) {
+      obj.events = message.events.map((e) => StepEvent.toJSON(e));
     }
     if (message.operation !== undefined) {
       obj.operation = Operation.toJSON(message.operation);
@@ -6299,7 +6300,9 @@ export const GuestServiceService = {
     responseDeserialize: (value: Buffer): GetOperationResponse => GetOperationResponse.decode(value),
   },
   /**
-   * One message per step started / finished / skipped / undone, then the result. A watcher
+   * The operation's state first, then its step events (started / finished / skipped /
+   * failed / undo started / undone, one each, in order) as they are written, the stream
+   * ending after the final state. Events written together come in one message. A watcher
    * that reconnects with the same id gets the operation's state first, then what follows.
    */
   watchOperation: {
@@ -6369,7 +6372,9 @@ export interface GuestServiceServer extends UntypedServiceImplementation {
   removeDisk: handleUnaryCall<RemoveDiskRequest, RemoveDiskResponse>;
   getOperation: handleUnaryCall<GetOperationRequest, GetOperationResponse>;
   /**
-   * One message per step started / finished / skipped / undone, then the result. A watcher
+   * The operation's state first, then its step events (started / finished / skipped /
+   * failed / undo started / undone, one each, in order) as they are written, the stream
+   * ending after the final state. Events written together come in one message. A watcher
    * that reconnects with the same id gets the operation's state first, then what follows.
    */
   watchOperation: handleServerStreamingCall<WatchOperationRequest, WatchOperationResponse>;
@@ -6466,7 +6471,9 @@ export interface GuestServiceClient extends Client {
     callback: (error: ServiceError | null, response: GetOperationResponse) => void,
   ): ClientUnaryCall;
   /**
-   * One message per step started / finished / skipped / undone, then the result. A watcher
+   * The operation's state first, then its step events (started / finished / skipped /
+   * failed / undo started / undone, one each, in order) as they are written, the stream
+   * ending after the final state. Events written together come in one message. A watcher
    * that reconnects with the same id gets the operation's state first, then what follows.
    */
   watchOperation(
