@@ -54,7 +54,7 @@ import {
   type Violation,
   type WatchOperationResponse,
 } from '../proto/gen/passthru/host/v1/host.js';
-import { closedLoop, fmt, formatTable, percentile, repoRoot, writeResults, type Measured } from './report.js';
+import { closedLoop, fmt, formatTable, percentile, repoRoot, writeResults, type Measured, procCpuSeconds } from './report.js';
 
 const MiB = 1024 * 1024;
 /** Every disk the benchmark makes: small, so the array's pool never limits it. */
@@ -217,17 +217,6 @@ async function timeBareNode(): Promise<number> {
   return performance.now() - t0;
 }
 
-/** CPU seconds (user + system) a process has used so far, from /proc (Linux); NaN elsewhere. */
-function procCpuSeconds(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // Fields 14 and 15 of stat (utime, stime), counted from the state field (3).
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return Number.NaN;
-  }
-}
 
 /** CPU use of the host agent, the array and this process over a measured window. */
 function cpuWindow(agentPid: number, storagePid: number): {

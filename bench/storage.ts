@@ -35,7 +35,7 @@ import {
   Provisioning,
   StorageArrayServiceClient,
 } from '../proto/gen/passthru/storage/v1/storage.js';
-import { closedLoop, fmt, formatTable, repoRoot, writeResults, type Measured } from './report.js';
+import { closedLoop, fmt, formatTable, repoRoot, writeResults, type Measured, procCpuSeconds } from './report.js';
 
 const MiB = 1024 * 1024;
 /** Block I/O wraps around this much of the LUN (and of the local file), so the page cache holds it. */
@@ -105,17 +105,6 @@ async function startServer(root: string, workDir: string, cpuProfDir: string | u
   };
 }
 
-/** CPU seconds (user + system) a process has used so far, from /proc (Linux); NaN elsewhere. */
-function procCpuSeconds(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // Fields 14 and 15 of stat (utime, stime), counted from the state field (3).
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return Number.NaN;
-  }
-}
 
 /** Measures CPU use of the server and of this process over the measured window. */
 function cpuWindow(pid: number): { window: { start(): void; stop(): void }; result(): { serverCpu: number; clientCpu: number } } {

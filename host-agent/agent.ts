@@ -424,17 +424,9 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     const sharing = req.sharing ?? 'shared';
     const scope: Scope = { vmId };
     const fp = fingerprint('CreateDisk', [mount.key, sizeBytes, sharing]);
-    const settled = (): OperationRecord | undefined => {
-      const first = this.replay(scope, requestId, fp);
-      if (first) return first;
-      const existing = this.state.diskAt(vmId, mount.key);
-      if (existing && !this.engine.holder(mountLock(vmId, mount.key))) {
-        const by = existing.attachedBy ? this.state.operations.get(existing.attachedBy) : undefined;
-        if (by?.kind === 'create_disk' && existing.lun.sizeBytes === sizeBytes && existing.sharing === sharing) return by;
-        throw new AlreadyExistsError('mount', mount.path, `VM ${vmId} already has a disk at ${mount.path} (LUN ${existing.lun.serial}, ${existing.lun.sizeBytes} bytes, ${existing.sharing}): remove it first or choose another mount path`);
-      }
-      return undefined;
-    };
+    const settled = (): OperationRecord | undefined =>
+      this.replay(scope, requestId, fp) ??
+      this.sameDiskAt(vmId, mount, 'create_disk', (r) => r.lun.sizeBytes === sizeBytes && r.sharing === sharing);
     const first = settled();
     if (first) return Promise.resolve(first);
     this.requireServing();
@@ -442,6 +434,23 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     op.locks = [mountLock(vmId, mount.key)];
     this.busy(op.locks, `${mount.path} of VM ${vmId}`);
     return this.begin(op, fp, settled, `${mount.path} of VM ${vmId}`, () => this.checkAttach(op));
+  }
+
+  /**
+   * A disk already at the mount: the operation that put it there when it is what this request
+   * asks for (creates are idempotent), ALREADY_EXISTS when it is another. Undefined when the
+   * mount is free or an operation is still working on it.
+   */
+  private sameDiskAt(vmId: string, mount: DrivePath, kind: OperationKindName, same: (r: ResourceRecord) => boolean): OperationRecord | undefined {
+    const existing = this.state.diskAt(vmId, mount.key);
+    if (!existing || this.engine.holder(mountLock(vmId, mount.key))) return undefined;
+    const by = existing.attachedBy ? this.state.operations.get(existing.attachedBy) : undefined;
+    if (by?.kind === kind && same(existing)) return by;
+    throw new AlreadyExistsError(
+      'mount',
+      mount.path,
+      `VM ${vmId} already has a disk at ${mount.path} (LUN ${existing.lun.serial}, ${existing.lun.sizeBytes} bytes, ${existing.sharing}): remove it first or choose another mount path`,
+    );
   }
 
   /** The Available Storage resource a guest names by serial or NAA id. */
@@ -468,17 +477,9 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     if (req.lun === '' || req.lun.length > 256) throw new InvalidArgumentError('lun', 'lun is required: the serial or NAA id of a LUN in Available Storage');
     const scope: Scope = { vmId };
     const fp = fingerprint('ConnectDisk', [mount.key, req.lun]);
-    const settled = (): OperationRecord | undefined => {
-      const first = this.replay(scope, requestId, fp);
-      if (first) return first;
-      const existing = this.state.diskAt(vmId, mount.key);
-      if (existing && !this.engine.holder(mountLock(vmId, mount.key))) {
-        const by = existing.attachedBy ? this.state.operations.get(existing.attachedBy) : undefined;
-        if (by?.kind === 'connect_disk' && (existing.lun.serial === req.lun || existing.lun.naaId === req.lun.toLowerCase().replace(/^naa\./, ''))) return by;
-        throw new AlreadyExistsError('mount', mount.path, `VM ${vmId} already has a disk at ${mount.path} (LUN ${existing.lun.serial}): remove it first or choose another mount path`);
-      }
-      return undefined;
-    };
+    const settled = (): OperationRecord | undefined =>
+      this.replay(scope, requestId, fp) ??
+      this.sameDiskAt(vmId, mount, 'connect_disk', (r) => r.lun.serial === req.lun || r.lun.naaId === req.lun.toLowerCase().replace(/^naa\./, ''));
     const first = settled();
     if (first) return Promise.resolve(first);
     this.requireServing();

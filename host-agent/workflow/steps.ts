@@ -368,24 +368,35 @@ function setConfigured(ctx: Ctx, serial: string, on: boolean): void {
   ctx.env.state.vms.put({ ...vm, configuredDisks: on ? [...vm.configuredDisks, serial] : vm.configuredDisks.filter((s) => s !== serial) });
 }
 
-/** resource.offline: the disk resource goes offline and the cluster manager records the VM's new configuration. */
-export const resourceOfflineForAttach: Step = {
-  name: 'resource.offline',
-  local: true,
-  do(ctx) {
-    const serial = lunOf(ctx).serial;
-    return () => {
-      putResource(ctx, serial, { state: 'offline' });
-      setConfigured(ctx, serial, true);
-    };
-  },
-  undo(ctx) {
-    const serial = ctx.op.data.lun?.serial;
-    return () => {
-      if (serial) setConfigured(ctx, serial, false);
-    };
-  },
-};
+/**
+ * resource.offline: the disk resource goes offline and the cluster manager records the VM's
+ * new configuration, with the disk (attach) or without it (detach).
+ */
+function resourceOffline(configured: boolean): Step {
+  return {
+    name: 'resource.offline',
+    local: true,
+    do(ctx) {
+      const serial = lunOf(ctx).serial;
+      return () => {
+        putResource(ctx, serial, { state: 'offline' });
+        setConfigured(ctx, serial, configured);
+      };
+    },
+    undo(ctx) {
+      const serial = ctx.op.data.lun?.serial;
+      return () => {
+        if (!serial) return;
+        // Before an attach it was offline already; before a detach it was online in the VM's group.
+        if (!configured && ctx.env.state.resources.has(serial)) putResource(ctx, serial, { state: 'online' });
+        setConfigured(ctx, serial, !configured);
+      };
+    },
+  };
+}
+
+export const resourceOfflineForAttach = resourceOffline(true);
+export const resourceOfflineForDetach = resourceOffline(false);
 
 /** resource.online (commit point): the owner node takes the reservation; the resource joins the VM's group. */
 export const resourceOnlineForAttach: Step = {
@@ -452,25 +463,6 @@ export const groupCreateForDetach: Step = {
       const r = serial ? ctx.env.state.resources.get(serial) : undefined;
       if (r && r.group === ctx.op.data.tempGroup) putResource(ctx, serial!, { group: ctx.op.data.vmGroup! });
       if (ctx.op.data.tempGroup) ctx.env.state.groups.delete(ctx.op.data.tempGroup);
-    };
-  },
-};
-
-export const resourceOfflineForDetach: Step = {
-  name: 'resource.offline',
-  local: true,
-  do(ctx) {
-    const serial = lunOf(ctx).serial;
-    return () => {
-      putResource(ctx, serial, { state: 'offline' });
-      setConfigured(ctx, serial, false);
-    };
-  },
-  undo(ctx) {
-    const serial = lunOf(ctx).serial;
-    return () => {
-      putResource(ctx, serial, { state: 'online' });
-      setConfigured(ctx, serial, true);
     };
   },
 };

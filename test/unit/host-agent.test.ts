@@ -4,6 +4,7 @@
  * scenario the agent's own cross-check (checkInvariants, which reads the fake array) must
  * find nothing, and what a failure left is compared with what was there before it.
  */
+import { DEFAULT_CLUSTER } from '../support/host-cluster.js';
 import { expect } from 'chai';
 import { DomainError, FailedPreconditionError, ResourceExhaustedError, UnavailableError } from '../../common/errors.js';
 import { silentLogger } from '../../common/logging.js';
@@ -20,23 +21,7 @@ import { type ArrayMethod, FakeArray } from '../support/fake-array.js';
 const MiB = 1024 * 1024;
 const SIZE = 8n * BigInt(MiB);
 
-/** 3 nodes, node1 owns Available Storage; vm1 Windows HA on node1, vm2 Linux HA on node2, vm3 Windows non-HA on node2, vm4 Linux non-HA on node3 with 1 x 2 SCSI locations. */
-const CLUSTER = {
-  name: 'test',
-  volume: 'passthru',
-  availableStorageOwner: 'node1',
-  nodes: [
-    { name: 'node1', initiator: 'iqn.2026-11.dev.passthru:node1' },
-    { name: 'node2', initiator: 'iqn.2026-11.dev.passthru:node2' },
-    { name: 'node3', initiator: 'iqn.2026-11.dev.passthru:node3' },
-  ],
-  vms: [
-    { id: 'vm1', name: 'web1', guestOs: 'windows', ha: true, node: 'node1' },
-    { id: 'vm2', name: 'db1', guestOs: 'linux', ha: true, node: 'node2' },
-    { id: 'vm3', name: 'build1', guestOs: 'windows', ha: false, node: 'node2' },
-    { id: 'vm4', name: 'scratch1', guestOs: 'linux', ha: false, node: 'node3', scsiControllers: 1, locationsPerController: 2 },
-  ],
-};
+const CLUSTER = DEFAULT_CLUSTER;
 const INITIATOR: Record<string, string> = Object.fromEntries(CLUSTER.nodes.map((n) => [n.name, n.initiator]));
 
 /** A SimHypervisor whose next hotAdd / hotRemove can be made to throw. */
