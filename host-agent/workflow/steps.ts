@@ -402,6 +402,9 @@ export const resourceOfflineForDetach = resourceOffline(false);
 export const resourceOnlineForAttach: Step = {
   name: 'resource.online',
   commits: true,
+  prepare(ctx) {
+    putResource(ctx, lunOf(ctx).serial, { state: 'online_pending' });
+  },
   async do(ctx) {
     const vm = vmOf(ctx);
     const lun = lunOf(ctx);
@@ -498,6 +501,9 @@ export const scsiDetach: Step = {
 /** resource.online (removal): online again in the temporary group, the reservation released. */
 export const resourceOnlineForDetach: Step = {
   name: 'resource.online',
+  prepare(ctx) {
+    putResource(ctx, lunOf(ctx).serial, { state: 'online_pending' });
+  },
   async do(ctx) {
     const lun = lunOf(ctx);
     const r = ctx.env.state.resources.get(lun.serial);

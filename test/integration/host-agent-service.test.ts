@@ -574,13 +574,13 @@ describe('host-agent over gRPC', function () {
       }
     }
 
-    it('while an operation waits in resource.online, its temporary group "Disk VM vm1 MP E Group" holds the resource Offline on node1 and CheckInvariants skips what it holds; afterwards the group is gone', async () => {
+    it('while an operation waits in resource.online, its temporary group "Disk VM vm1 MP E Group" holds the resource OnlinePending on node1 (the reservation being taken) and CheckInvariants skips what it holds; afterwards the group is gone', async () => {
       await delayArray(c, 'Reserve', 400);
       const { operation } = await c.guest('vm1').createDisk(createReq({ mountPath: 'E:' }));
       await until(operation!.id, 'reached resource.online', (op) => op.steps[8]!.state === StepState.STEP_STATE_RUNNING);
       const temp = await groups(c, GroupKind.GROUP_KIND_TEMPORARY);
       expect(temp.map((g) => ({ name: g.name, owner: g.ownerNode, vmId: g.vmId, resources: g.resources.map((r) => [r.name, r.state, r.mountPath]) }))).to.deep.equal([
-        { name: 'Disk VM vm1 MP E Group', owner: 'node1', vmId: 'vm1', resources: [['Disk VM vm1 MP E', ResourceState.RESOURCE_STATE_OFFLINE, 'E:']] },
+        { name: 'Disk VM vm1 MP E Group', owner: 'node1', vmId: 'vm1', resources: [['Disk VM vm1 MP E', ResourceState.RESOURCE_STATE_ONLINE_PENDING, 'E:']] },
       ]);
       expect((await c.admin.getCluster({})).operationsInFlight).to.equal(1);
       expect(await c.violations(), 'a running operation is in the middle of changing what it holds').to.deep.equal([]);
