@@ -27,9 +27,11 @@ export const DEFAULT_TIMEOUT_MS = 30_000;
 export function connect<C extends Client>(
   Ctor: new (address: string, creds: ReturnType<typeof credentials.createInsecure>, options?: object) => C,
   endpoint: string,
-  defaults: { timeoutMs?: number } = {},
+  defaults: { timeoutMs?: number; channelKey?: string } = {},
 ): PromiseClient<C> {
   const client = new Ctor(endpoint, credentials.createInsecure(), {
+    // Clients with different keys get separate connections (grpc-js pools equal option sets).
+    ...(defaults.channelKey ? { 'passthru.channel': defaults.channelKey } : {}),
     'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
     'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
     // A 1 MiB block read arrives in one window instead of sixteen 64 KiB round trips.

@@ -19,6 +19,7 @@ import type { Logger } from '../common/logging.js';
 import type { StorageArray } from './array.js';
 import { checkScsiShape, checkVmId, checkVmName, DEFAULT_CONTROLLERS, DEFAULT_LOCATIONS, type ClusterFile } from './cluster-file.js';
 import { checkCanHotPlug, SimHypervisor, type Hypervisor } from './hypervisor.js';
+import { Failover } from './failover.js';
 import { checkInvariants, type Violation } from './invariants.js';
 import { LunIds } from './lun-ids.js';
 import type {
@@ -128,12 +129,13 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     };
     this.workflows = workflows;
     this.engine = new Engine(this.state, this.env, workflows, this.logger, { backoff: opts.backoff, hook: opts.hook });
+    this.failover = new Failover(this, this.logger);
   }
 
   private readonly workflows: Record<OperationKindName, WorkflowDef<Env>>;
 
   /** Operations that have not ended (each holds at least one lock while it runs). */
-  private *openOperations(): Iterable<OperationRecord> {
+  *openOperations(): Iterable<OperationRecord> {
     for (const id of new Set(this.engine.locks.values())) {
       const op = this.state.operations.get(id);
       if (op && (op.state === 'running' || op.state === 'rolling_back')) yield op;
@@ -188,6 +190,7 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
       (o) => o.kind === 'create_disk' && (o.state === 'running' || o.state === 'rolling_back') && !o.committed,
     );
     const n = await this.engine.recover();
+    await this.failover.resume();
     this.serving = true;
     if (cutShort.some((o) => this.state.operations.get(o.id)?.state === 'failed')) this.watchForLateLuns();
     return n;
@@ -357,8 +360,15 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
   }
 
   /** What step 0 of create and connect checks in the model, synchronously. */
+  /** A VM whose group is moving takes no new operation until it has arrived. */
+  private checkNotMoving(vm: VmRecord): void {
+    const to = this.state.groups.get(vm.group)?.movingTo;
+    if (to) throw new AbortedError(`VM ${vm.id} is moving to node ${to}: retry once it has arrived`, 'VM_MOVING');
+  }
+
   private checkAttach(op: OperationRecord): void {
     const vm = this.vm(op.vmId);
+    this.checkNotMoving(vm);
     const node = this.node(vm.node);
     checkCanHotPlug(this.env.hypervisor.capabilities(vm.node), vm, node);
     const mount = parseDrivePath(vm.guestOs, op.mountPath);
@@ -514,6 +524,7 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     const attachment = r ? this.state.attachmentOfSerial(r.lun.serial) : undefined;
     if (!r || !attachment) return this.nothingToDo(op, fp, `nothing is attached at ${mount.path}`);
     checkCanHotPlug(this.env.hypervisor.capabilities(vm.node), vm, this.node(vm.node));
+    this.checkNotMoving(vm);
     const checkInside = (): void => {
       const inside = this.state
         .disksOfVm(vmId)
@@ -696,6 +707,29 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     });
   }
 
+  /** adminChange for a change that waits on the array: replayed the same way, recorded once it is done. */
+  async adminChangeAsync<R>(requestId: string, method: string, params: unknown, change: () => Promise<R>): Promise<R> {
+    checkRequestId(requestId);
+    const fp = fingerprint(method, params);
+    const key = requestKey('admin', requestId);
+    const rec = this.state.requests.get(key);
+    if (rec) {
+      if (rec.fingerprint !== fp) {
+        throw new InvalidArgumentError('request_id', `request_id ${requestId} was used for a different request: use a new request id for a new request`, 'REQUEST_ID_REUSED');
+      }
+      return rec.reply as R;
+    }
+    const reply = await change();
+    this.state.transact(() => this.state.requests.put({ scope: 'admin', requestId, fingerprint: fp, reply, createMs: Date.now() }));
+    return reply;
+  }
+
+  /** Every VM's disks, or one VM's. */
+  allDisks(vmId: string): { vmId: string; disk: DiskView }[] {
+    const ids = vmId === '' ? [...this.state.vms.values()].map((v) => v.id).sort() : [this.vm(vmId).id];
+    return ids.flatMap((id) => this.disks(id).map((disk) => ({ vmId: id, disk })));
+  }
+
   createVm(req: {
     requestId: string;
     id: string;
@@ -764,6 +798,11 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     const ops = all.slice(0, size);
     return { ops: ops.map((o) => this.engine.view(o.id) ?? o), next: all.length > size ? ops[ops.length - 1]!.id : '' };
   }
+
+  readonly failover: Failover;
+
+  /** Guest block I/O: installed by whoever wires the data plane (serve.ts). */
+  blockIo?: import('./block-io.js').BlockIo;
 
   /** Every cross-check between the models and the array; none on a healthy, quiet cluster. */
   checkInvariants(): Promise<Violation[]> {

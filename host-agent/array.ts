@@ -80,7 +80,24 @@ export interface StorageArray {
   reserve(req: { requestId: string; lun: string; initiator: string; key: string }): Promise<void>;
   /** Releases the reservation if the initiator holds it and unregisters its key. */
   release(req: { requestId: string; lun: string; initiator: string; key: string }): Promise<void>;
+  /**
+   * Fencing: the initiator registers its key and preempts every registration with `fromKey`
+   * (a failed node's), taking the reservation over; the failed node can no longer write.
+   */
+  takeOver(req: { requestId: string; lun: string; initiator: string; key: string; fromKey: string }): Promise<void>;
   readReservation(lun: string): Promise<Reservation>;
+  close(): void;
+}
+
+/**
+ * The array data plane as one node reaches it: block I/O carried with that node's initiator,
+ * so the array's masking and reservations, not the host agent, decide what the node may
+ * touch. One per node (each its own connection; with mTLS each will present its node's
+ * certificate).
+ */
+export interface DataPlane {
+  read(lun: string, offsetBytes: bigint, lengthBytes: number): Promise<Buffer>;
+  write(requestId: string, lun: string, offsetBytes: bigint, data: Buffer): Promise<number>;
   close(): void;
 }
 
@@ -137,6 +154,22 @@ function retryable(err: unknown): boolean {
   return isServiceError(err) && (err.code === Code.UNAVAILABLE || err.code === Code.DEADLINE_EXCEEDED);
 }
 
+/** One array call with the retry policy; the array's refusal comes back as a domain error. */
+async function callArray<R>(endpoint: string, retry: RetryPolicy, logger: Logger, method: string, fn: () => Promise<R>): Promise<R> {
+  let delay = retry.firstDelayMs;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!isServiceError(err)) throw err;
+      if (!retryable(err) || attempt >= retry.attempts) throw fromStatus(err, method, endpoint);
+      logger.warn('array call retried', { method, attempt, code: Code[err.code], error: err.details });
+      await sleep(delay * (0.5 + Math.random()));
+      delay = Math.min(delay * 2, retry.maxDelayMs);
+    }
+  }
+}
+
 export class GrpcArray implements StorageArray {
   private readonly client: PromiseClient<StorageArrayServiceClient>;
 
@@ -148,20 +181,8 @@ export class GrpcArray implements StorageArray {
     this.client = connect(StorageArrayServiceClient, endpoint, { timeoutMs: retry.callTimeoutMs });
   }
 
-  /** One call with the retry policy; the array's refusal comes back as a domain error. */
-  private async call<R>(method: string, fn: () => Promise<R>): Promise<R> {
-    let delay = this.retry.firstDelayMs;
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await fn();
-      } catch (err) {
-        if (!isServiceError(err)) throw err;
-        if (!retryable(err) || attempt >= this.retry.attempts) throw fromStatus(err, method, this.endpoint);
-        this.logger.warn('array call retried', { method, attempt, code: Code[err.code], error: err.details });
-        await sleep(delay * (0.5 + Math.random()));
-        delay = Math.min(delay * 2, this.retry.maxDelayMs);
-      }
-    }
+  private call<R>(method: string, fn: () => Promise<R>): Promise<R> {
+    return callArray(this.endpoint, this.retry, this.logger, method, fn);
   }
 
   async listPools(): Promise<PoolInfo[]> {
@@ -277,6 +298,34 @@ export class GrpcArray implements StorageArray {
     }
   }
 
+  async takeOver(req: { requestId: string; lun: string; initiator: string; key: string; fromKey: string }): Promise<void> {
+    // Each call is idempotent by itself, so an empty request id (no replay record) is safe too.
+    const id = (part: string): string => (req.requestId === '' ? '' : `${req.requestId}:${part}`);
+    await this.call('RegisterReservationKey', () =>
+      this.client.registerReservationKey({ requestId: id('register'), lun: req.lun, initiator: req.initiator, key: req.key }),
+    );
+    await this.call('PreemptReservation', () =>
+      this.client.preemptReservation({
+        requestId: id('preempt'),
+        lun: req.lun,
+        initiator: req.initiator,
+        key: req.key,
+        preemptKey: req.fromKey,
+        type: ReservationType.RESERVATION_TYPE_WRITE_EXCLUSIVE_REGISTRANTS_ONLY,
+      }),
+    );
+    // Nobody held it (the failed node had released it): take it.
+    await this.call('Reserve', () =>
+      this.client.reserve({
+        requestId: id('reserve'),
+        lun: req.lun,
+        initiator: req.initiator,
+        key: req.key,
+        type: ReservationType.RESERVATION_TYPE_WRITE_EXCLUSIVE_REGISTRANTS_ONLY,
+      }),
+    );
+  }
+
   async readReservation(lun: string): Promise<Reservation> {
     const [res, keys] = await Promise.all([
       this.call('ReadReservation', () => this.client.readReservation({ lun })),
@@ -286,6 +335,39 @@ export class GrpcArray implements StorageArray {
       holderInitiator: res.reserved ? res.holderInitiator : undefined,
       registrations: keys.registrations.map((r) => ({ initiator: r.initiator, key: r.key })),
     };
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}
+
+/** The data plane over gRPC (ReadBlocks / WriteBlocks) as one node's initiator, on its own connection. */
+export class GrpcDataPlane implements DataPlane {
+  private readonly client: PromiseClient<StorageArrayServiceClient>;
+
+  constructor(
+    readonly endpoint: string,
+    readonly initiator: string,
+    private readonly logger: Logger,
+    private readonly retry: RetryPolicy = DEFAULT_RETRY,
+  ) {
+    // A channel of its own: grpc-js shares one connection between clients with equal options.
+    this.client = connect(StorageArrayServiceClient, endpoint, { timeoutMs: retry.callTimeoutMs, channelKey: initiator });
+  }
+
+  async read(lun: string, offsetBytes: bigint, lengthBytes: number): Promise<Buffer> {
+    const res = await callArray(this.endpoint, this.retry, this.logger, 'ReadBlocks', () =>
+      this.client.readBlocks({ lun, initiator: this.initiator, offsetBytes, lengthBytes }),
+    );
+    return Buffer.from(res.data);
+  }
+
+  async write(requestId: string, lun: string, offsetBytes: bigint, data: Buffer): Promise<number> {
+    const res = await callArray(this.endpoint, this.retry, this.logger, 'WriteBlocks', () =>
+      this.client.writeBlocks({ requestId, lun, initiator: this.initiator, offsetBytes, data }),
+    );
+    return res.writtenBytes;
   }
 
   close(): void {

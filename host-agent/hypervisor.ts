@@ -68,8 +68,10 @@ export class SimHypervisor implements Hypervisor {
   }
 
   hotRemove(vm: VmRecord, address: ScsiAddress): void {
-    // Removing from an empty location succeeds, whatever the host can do.
+    // Removing from an empty location succeeds, whatever the host can do; so does removing
+    // from a VM whose node is down (the VM is gone with it; the record goes with the step).
     if (!this.state.attachments.has(`${vm.id}/${address.controller}/${address.location}`)) return;
+    if (this.state.nodes.get(vm.node)?.up === false) return;
     this.check(vm, address);
   }
 }

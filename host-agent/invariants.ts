@@ -42,6 +42,13 @@ export async function checkInvariants(
   const busyGroups = new Set<string>();
   const busyVms = new Set<string>();
   const busyPaths = new Set<string>();
+  // A group on its way to another node is in the middle of changing too.
+  for (const g of state.groups.values()) {
+    if (!g.movingTo) continue;
+    busyGroups.add(g.name);
+    for (const r of state.resourcesIn(g.name)) busySerials.add(r.lun.serial);
+    if (g.vmId) busyVms.add(g.vmId);
+  }
   for (const op of open) {
     if (op.data.lun) busySerials.add(op.data.lun.serial);
     if (op.data.tempGroup) busyGroups.add(op.data.tempGroup);
@@ -55,6 +62,10 @@ export async function checkInvariants(
   if (!state.groups.has(AVAILABLE_STORAGE)) add('GROUP_MISSING', AVAILABLE_STORAGE, 'the cluster has no Available Storage group');
   for (const g of state.groups.values()) {
     if (!nodes.has(g.owner)) add('GROUP_OWNER_UNKNOWN', g.name, `group ${g.name} is owned by unknown node ${g.owner}`);
+    const stayer = g.kind === 'vm' && state.vms.get(g.vmId ?? '')?.ha === false;
+    if (state.nodes.get(g.owner)?.up === false && !stayer && !busyGroups.has(g.name) && g.kind !== 'temporary') {
+      add('GROUP_ON_DOWN_NODE', g.name, `group ${g.name} is still owned by node ${g.owner}, which is down: it should have moved to a surviving node`);
+    }
     if (g.kind === 'temporary' && !busyGroups.has(g.name)) {
       add('TEMPORARY_GROUP_LEFT', g.name, `temporary group ${g.name} outlived its operation ${g.opId ?? '?'}`);
     }
@@ -87,7 +98,8 @@ export async function checkInvariants(
       const vm = state.vms.get(g.vmId ?? '');
       if (!att || att.vmId !== g.vmId) add('RESOURCE_WITHOUT_SLOT', r.name, `resource ${r.name} is in ${g.name} but LUN ${serial} is not attached to VM ${g.vmId}`);
       if (r.vmId !== g.vmId) add('RESOURCE_VM_MISMATCH', r.name, `resource ${r.name} names VM ${r.vmId} but sits in ${g.name}`);
-      if (r.state !== 'online') add('RESOURCE_NOT_ONLINE', r.name, `resource ${r.name} of VM ${g.vmId} is ${r.state}`);
+      const downWithNode = vm?.downWithNode === true || state.nodes.get(g.owner)?.up === false;
+      if (r.state !== 'online' && !(downWithNode && r.state === 'offline')) add('RESOURCE_NOT_ONLINE', r.name, `resource ${r.name} of VM ${g.vmId} is ${r.state}`);
       if (r.reservedBy !== g.owner) add('RESERVATION_HOLDER', r.name, `LUN ${serial} should be reserved by ${g.owner}, the group's owner, passthru recorded ${r.reservedBy ?? 'nobody'}`);
       if (vm && !vm.configuredDisks.includes(serial)) add('VM_CONFIG_MISSING_DISK', r.name, `VM ${vm.id}'s configuration lacks LUN ${serial}`);
     } else if (g.kind === 'available') {

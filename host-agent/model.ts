@@ -34,6 +34,8 @@ export interface VmRecord {
   group: string;
   /** The disk resources (LUN serials) the cluster manager records in the VM's configuration. */
   configuredDisks: string[];
+  /** A non-HA VM stopped because its node failed: it starts again when the node recovers. */
+  downWithNode?: boolean;
 }
 
 export interface GroupRecord {
@@ -44,6 +46,8 @@ export interface GroupRecord {
   vmId?: string;
   /** The operation a temporary group belongs to. */
   opId?: string;
+  /** Set while the group moves (failover or by hand): where to. A restart finishes the move. */
+  movingTo?: string;
 }
 
 /** The LUN behind a disk, as the array named it. */

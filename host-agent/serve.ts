@@ -9,7 +9,8 @@ import { InvalidArgumentError } from '../common/errors.js';
 import type { Logger } from '../common/logging.js';
 import { startServer, type RunningServer } from '../common/server.js';
 import { HostAgent, STEPS } from './agent.js';
-import { DEFAULT_RETRY, GrpcArray, type RetryPolicy } from './array.js';
+import { DEFAULT_RETRY, GrpcArray, GrpcDataPlane, type RetryPolicy } from './array.js';
+import { BlockIo } from './block-io.js';
 import type { ClusterFile } from './cluster-file.js';
 import type { VmRecord } from './model.js';
 import { adminService, guestService } from './service.js';
@@ -90,6 +91,14 @@ export async function serveHostAgent(opts: ServeHostAgentOptions): Promise<Servi
     backoff: opts.backoff,
     hook: opts.crashAt ? crashHook(opts.crashAt, logger) : undefined,
   });
+  // One data path per node, each with that node's initiator (and its own connection).
+  const planes = new Map<string, GrpcDataPlane>();
+  agent.blockIo = new BlockIo(agent, (node) => {
+    let p = planes.get(node);
+    const n = state.nodes.get(node);
+    if (!p && n) planes.set(node, (p = new GrpcDataPlane(opts.storage, n.initiator, logger, { ...DEFAULT_RETRY, ...opts.retry })));
+    return p;
+  });
   let admin: RunningServer;
   const guests = new Map<string, RunningServer>();
   try {
@@ -151,6 +160,7 @@ export async function serveHostAgent(opts: ServeHostAgentOptions): Promise<Servi
     close: async (graceMs = 5000) => {
       await Promise.all([admin.shutdown(graceMs), ...[...guests.values()].map((g) => g.shutdown(graceMs))]);
       await agent.close(graceMs);
+      for (const p of planes.values()) p.close();
       for (const id of guests.keys()) rmSync(socketPath(id), { force: true });
     },
   };

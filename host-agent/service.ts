@@ -5,7 +5,7 @@
  */
 import { status as Code } from '@grpc/grpc-js';
 import { EnumCodec } from '../common/enums.js';
-import { InvalidArgumentError } from '../common/errors.js';
+import { InvalidArgumentError, UnavailableError } from '../common/errors.js';
 import type { Logger } from '../common/logging.js';
 import { implement } from '../common/rpc.js';
 import type { ServiceRegistration } from '../common/service.js';
@@ -25,6 +25,7 @@ import {
   VmState,
   type Disk,
   type Group,
+  type GroupMove as GroupMoveMessage,
   type Node,
   type Operation,
   type Step,
@@ -32,6 +33,8 @@ import {
   type Vm,
 } from '../proto/gen/passthru/host/v1/host.js';
 import type { DiskView, HostAgent, Scope } from './agent.js';
+import type { BlockIo } from './block-io.js';
+import type { GroupMove } from './failover.js';
 import type {
   GroupKindName,
   GuestOsName,
@@ -176,6 +179,7 @@ function toNode(n: NodeRecord): Node {
 function toDisk(d: DiskView): Disk {
   const r = d.resource;
   return {
+    vmId: r.vmId ?? '',
     mountPath: r.mountPath ?? '',
     serial: r.lun.serial,
     naaId: r.lun.naaId,
@@ -190,6 +194,15 @@ function toDisk(d: DiskView): Disk {
     volumeId: r.mounted?.volumeId ?? '',
     volumeLabel: r.mounted?.label ?? '',
   };
+}
+
+function toMove(m: GroupMove): GroupMoveMessage {
+  return { group: m.group, fromNode: m.from, toNode: m.to, vmId: m.vmId ?? '', vmRunning: m.vmRunning, serials: m.serials };
+}
+
+function blockIo(agent: HostAgent): BlockIo {
+  if (!agent.blockIo) throw new UnavailableError('this host agent has no data path to the array', 'NO_DATA_PATH');
+  return agent.blockIo;
 }
 
 const final = (op: OperationRecord): boolean => op.state === 'succeeded' || op.state === 'failed';
@@ -246,8 +259,8 @@ async function watchOperation(
   });
 }
 
-const GUEST_QUIET = new Set(['GetSelf', 'GetOperation', 'WatchOperation', 'ListDisks', 'RescanBus']);
-const ADMIN_QUIET = new Set(['GetCluster', 'ListNodes', 'ListGroups', 'ListVms', 'ListOperations', 'GetOperation', 'WatchOperation', 'CheckInvariants']);
+const GUEST_QUIET = new Set(['GetSelf', 'GetOperation', 'WatchOperation', 'ListDisks', 'RescanBus', 'ReadDisk', 'WriteDisk']);
+const ADMIN_QUIET = new Set(['GetCluster', 'ListNodes', 'ListGroups', 'ListVms', 'ListOperations', 'GetOperation', 'WatchOperation', 'CheckInvariants', 'ListDisks']);
 
 export function guestService(agent: HostAgent, vmId: string, endpoint: (id: string) => string, logger: Logger): ServiceRegistration {
   const scope: Scope = { vmId };
@@ -291,6 +304,8 @@ export function guestService(agent: HostAgent, vmId: string, endpoint: (id: stri
         }),
         reportMount: (req) => ({ disk: toDisk(agent.reportMount(vmId, req)) }),
         reportUnmount: (req) => ({ disk: toDisk(agent.reportUnmount(vmId, req)) }),
+        readDisk: async (req) => ({ data: await blockIo(agent).read(vmId, req) }),
+        writeDisk: async (req) => ({ writtenBytes: await blockIo(agent).write(vmId, { ...req, data: Buffer.from(req.data) }) }),
       },
       { logger: logger.child({ vmId }), quietMethods: GUEST_QUIET },
     ),
@@ -387,6 +402,21 @@ export function adminService(agent: HostAgent, endpoint: (id: string) => string,
         getOperation: (req) => ({ operation: toOperation(agent.operation('admin', req.operationId)) }),
         watchOperation: (req, ctx, send) => watchOperation(agent, 'admin', req.operationId, ctx.signal, send),
         checkInvariants: async () => ({ violations: await agent.checkInvariants() }),
+        listDisks: (req) => ({ disks: agent.allDisks(req.vmId).map((d) => toDisk(d.disk)) }),
+        failNode: (req) =>
+          agent.adminChangeAsync(req.requestId, 'FailNode', req.node, async () => {
+            const r = await agent.failover.failNode(req.node);
+            return { node: toNode(r.node), moves: r.moves.map(toMove), settledOperations: r.settled };
+          }),
+        recoverNode: (req) =>
+          agent.adminChangeAsync(req.requestId, 'RecoverNode', req.node, async () => {
+            const r = await agent.failover.recoverNode(req.node);
+            return { node: toNode(r.node), startedVms: r.started };
+          }),
+        moveGroup: (req) =>
+          agent.adminChangeAsync(req.requestId, 'MoveGroup', [req.group, req.node], async () => ({
+            move: toMove(await agent.failover.moveGroup(req.group, req.node)),
+          })),
       },
       { logger: logger.child({ endpoint: 'admin' }), quietMethods: ADMIN_QUIET },
     ),

@@ -117,6 +117,19 @@ export class Engine<Env> {
     private readonly opts: { backoff?: BackoffPolicy; hook?: StepHook } = {},
   ) {}
 
+  private readonly aborted = new Map<string, Error>();
+
+  /**
+   * Asks a running operation to stop by the commit-point rule: before it, it rolls back at
+   * its next step with `reason`; past it, it goes on to the end. Resolves when it has ended.
+   */
+  abort(opId: string, reason: Error): Promise<void> {
+    const run = this.running.get(opId);
+    if (!run) return Promise.resolve();
+    this.aborted.set(opId, reason);
+    return run.finally(() => this.aborted.delete(opId));
+  }
+
   /** The operation holding a lock key, if any. */
   holder(key: string): string | undefined {
     return this.locks.get(key);
@@ -299,6 +312,8 @@ export class Engine<Env> {
       let started = false;
       const startMs = Date.now();
       try {
+        const stop = this.aborted.get(id);
+        if (stop && !this.current(id).committed) throw stop;
         const skip = step.skip?.(ctx);
         if (skip !== undefined) {
           this.setStep(id, i, { state: 'skipped', startMs, endMs: startMs, message: skip });

@@ -428,6 +428,7 @@ describe('host-agent over gRPC', function () {
             mounted: false,
             volumeId: '',
             volumeLabel: '',
+            vmId: t.vm,
           },
         ]);
         expect((await c.guest(t.vm).rescanBus({})).devices).to.deep.equal([{ address: { controller: 0, location: 0 }, serial: r.serial, naaId: r.naaId, sizeBytes: BigInt(GiB) }]);

@@ -323,6 +323,20 @@ export class FakeArray implements StorageArray {
     );
   }
 
+  takeOver(req: { requestId: string; lun: string; initiator: string; key: string; fromKey: string }): Promise<void> {
+    return this.call('takeOver', req, () =>
+      this.replay('takeOver', req.requestId, { lun: req.lun, initiator: req.initiator, key: req.key, fromKey: req.fromKey }, () => {
+        const lun = this.reachable(req.lun, req.initiator);
+        let pr = this.reservations.get(lun.uuid);
+        if (!pr) this.reservations.set(lun.uuid, (pr = { registrations: new Map() }));
+        const who = req.initiator.toLowerCase();
+        pr.registrations.set(who, req.key);
+        for (const [i, k] of [...pr.registrations]) if (k === req.fromKey && i !== who) pr.registrations.delete(i);
+        pr.holder = who;
+      }),
+    );
+  }
+
   readReservation(lun: string): Promise<Reservation> {
     return this.call('readReservation', { lun }, () => {
       const l = this.lunOrThrow(lun);

@@ -602,6 +602,8 @@ export interface Disk {
   mounted: boolean;
   volumeId: string;
   volumeLabel: string;
+  /** The VM it is attached to. */
+  vmId: string;
 }
 
 export interface Step {
@@ -767,6 +769,28 @@ export interface ReportUnmountResponse {
   disk: Disk | undefined;
 }
 
+export interface ReadDiskRequest {
+  address: ScsiAddress | undefined;
+  offsetBytes: bigint;
+  lengthBytes: number;
+}
+
+export interface ReadDiskResponse {
+  data: Buffer;
+}
+
+export interface WriteDiskRequest {
+  /** Optional: a retry with the same id is answered from the first write's result. */
+  requestId: string;
+  address: ScsiAddress | undefined;
+  offsetBytes: bigint;
+  data: Buffer;
+}
+
+export interface WriteDiskResponse {
+  writtenBytes: number;
+}
+
 export interface GetClusterRequest {
 }
 
@@ -915,6 +939,66 @@ export interface Violation {
 
 export interface CheckInvariantsResponse {
   violations: Violation[];
+}
+
+export interface AdminServiceListDisksRequest {
+  /** Only this VM's disks, or every VM's when empty. */
+  vmId: string;
+}
+
+export interface AdminServiceListDisksResponse {
+  disks: Disk[];
+}
+
+/** What a failover or a move did to one group. */
+export interface GroupMove {
+  group: string;
+  fromNode: string;
+  toNode: string;
+  /** For a VM's group: the VM, and whether it runs after the move. */
+  vmId: string;
+  vmRunning: boolean;
+  /** The disks whose reservations the new owner took over. */
+  serials: string[];
+}
+
+export interface FailNodeRequest {
+  requestId: string;
+  node: string;
+}
+
+export interface FailNodeResponse {
+  node:
+    | Node
+    | undefined;
+  /** Every group that moved, and the non-HA VMs' groups that stayed down with the node. */
+  moves: GroupMove[];
+  /** Operations settled first: rolled back or rolled forward. */
+  settledOperations: string[];
+}
+
+export interface RecoverNodeRequest {
+  requestId: string;
+  node: string;
+}
+
+export interface RecoverNodeResponse {
+  node:
+    | Node
+    | undefined;
+  /** The VMs that started again on it. */
+  startedVms: string[];
+}
+
+export interface MoveGroupRequest {
+  requestId: string;
+  /** The group's name, as ListGroups shows it. */
+  group: string;
+  node: string;
+}
+
+export interface MoveGroupResponse {
+  move: GroupMove | undefined;
 }
 
 function createBaseScsiAddress(): ScsiAddress {
@@ -1615,6 +1699,7 @@ function createBaseDisk(): Disk {
     mounted: false,
     volumeId: "",
     volumeLabel: "",
+    vmId: "",
   };
 }
 
@@ -1661,6 +1746,9 @@ export const Disk: MessageFns<Disk> = {
     }
     if (message.volumeLabel !== "") {
       writer.uint32(106).string(message.volumeLabel);
+    }
+    if (message.vmId !== "") {
+      writer.uint32(114).string(message.vmId);
     }
     return writer;
   },
@@ -1782,6 +1870,14 @@ export const Disk: MessageFns<Disk> = {
             message.volumeLabel = reader.string();
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1841,6 +1937,11 @@ export const Disk: MessageFns<Disk> = {
         : isSet(object.volume_label)
         ? globalThis.String(object.volume_label)
         : "",
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
     };
   },
 
@@ -1884,6 +1985,9 @@ export const Disk: MessageFns<Disk> = {
     }
     if (message.volumeLabel !== "") {
       obj.volumeLabel = message.volumeLabel;
+    }
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
     }
     return obj;
   },
@@ -4045,6 +4149,345 @@ export const ReportUnmountResponse: MessageFns<ReportUnmountResponse> = {
     const obj: any = {};
     if (message.disk !== undefined) {
       obj.disk = Disk.toJSON(message.disk);
+    }
+    return obj;
+  },
+};
+
+function createBaseReadDiskRequest(): ReadDiskRequest {
+  return { address: undefined, offsetBytes: 0n, lengthBytes: 0 };
+}
+
+export const ReadDiskRequest: MessageFns<ReadDiskRequest> = {
+  encode(message: ReadDiskRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.address !== undefined) {
+      ScsiAddress.encode(message.address, writer.uint32(10).fork()).join();
+    }
+    if (message.offsetBytes !== 0n) {
+      if (BigInt.asUintN(64, message.offsetBytes) !== message.offsetBytes) {
+        throw new globalThis.Error("value provided for field message.offsetBytes of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.offsetBytes);
+    }
+    if (message.lengthBytes !== 0) {
+      writer.uint32(24).uint32(message.lengthBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReadDiskRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReadDiskRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.address = ScsiAddress.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.offsetBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.lengthBytes = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReadDiskRequest {
+    return {
+      address: isSet(object.address) ? ScsiAddress.fromJSON(object.address) : undefined,
+      offsetBytes: isSet(object.offsetBytes)
+        ? BigInt(object.offsetBytes)
+        : isSet(object.offset_bytes)
+        ? BigInt(object.offset_bytes)
+        : 0n,
+      lengthBytes: isSet(object.lengthBytes)
+        ? globalThis.Number(object.lengthBytes)
+        : isSet(object.length_bytes)
+        ? globalThis.Number(object.length_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: ReadDiskRequest): unknown {
+    const obj: any = {};
+    if (message.address !== undefined) {
+      obj.address = ScsiAddress.toJSON(message.address);
+    }
+    if (message.offsetBytes !== 0n) {
+      obj.offsetBytes = message.offsetBytes.toString();
+    }
+    if (message.lengthBytes !== 0) {
+      obj.lengthBytes = Math.round(message.lengthBytes);
+    }
+    return obj;
+  },
+};
+
+function createBaseReadDiskResponse(): ReadDiskResponse {
+  return { data: Buffer.alloc(0) };
+}
+
+export const ReadDiskResponse: MessageFns<ReadDiskResponse> = {
+  encode(message: ReadDiskResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.data.length !== 0) {
+      writer.uint32(10).bytes(message.data);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReadDiskResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReadDiskResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.data = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReadDiskResponse {
+    return { data: isSet(object.data) ? Buffer.from(bytesFromBase64(object.data)) : Buffer.alloc(0) };
+  },
+
+  toJSON(message: ReadDiskResponse): unknown {
+    const obj: any = {};
+    if (message.data.length !== 0) {
+      obj.data = base64FromBytes(message.data);
+    }
+    return obj;
+  },
+};
+
+function createBaseWriteDiskRequest(): WriteDiskRequest {
+  return { requestId: "", address: undefined, offsetBytes: 0n, data: Buffer.alloc(0) };
+}
+
+export const WriteDiskRequest: MessageFns<WriteDiskRequest> = {
+  encode(message: WriteDiskRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.requestId !== "") {
+      writer.uint32(10).string(message.requestId);
+    }
+    if (message.address !== undefined) {
+      ScsiAddress.encode(message.address, writer.uint32(18).fork()).join();
+    }
+    if (message.offsetBytes !== 0n) {
+      if (BigInt.asUintN(64, message.offsetBytes) !== message.offsetBytes) {
+        throw new globalThis.Error("value provided for field message.offsetBytes of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.offsetBytes);
+    }
+    if (message.data.length !== 0) {
+      writer.uint32(34).bytes(message.data);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WriteDiskRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWriteDiskRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.address = ScsiAddress.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.offsetBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.data = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WriteDiskRequest {
+    return {
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
+      address: isSet(object.address) ? ScsiAddress.fromJSON(object.address) : undefined,
+      offsetBytes: isSet(object.offsetBytes)
+        ? BigInt(object.offsetBytes)
+        : isSet(object.offset_bytes)
+        ? BigInt(object.offset_bytes)
+        : 0n,
+      data: isSet(object.data) ? Buffer.from(bytesFromBase64(object.data)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: WriteDiskRequest): unknown {
+    const obj: any = {};
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
+    if (message.address !== undefined) {
+      obj.address = ScsiAddress.toJSON(message.address);
+    }
+    if (message.offsetBytes !== 0n) {
+      obj.offsetBytes = message.offsetBytes.toString();
+    }
+    if (message.data.length !== 0) {
+      obj.data = base64FromBytes(message.data);
+    }
+    return obj;
+  },
+};
+
+function createBaseWriteDiskResponse(): WriteDiskResponse {
+  return { writtenBytes: 0 };
+}
+
+export const WriteDiskResponse: MessageFns<WriteDiskResponse> = {
+  encode(message: WriteDiskResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.writtenBytes !== 0) {
+      writer.uint32(8).uint32(message.writtenBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WriteDiskResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWriteDiskResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.writtenBytes = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WriteDiskResponse {
+    return {
+      writtenBytes: isSet(object.writtenBytes)
+        ? globalThis.Number(object.writtenBytes)
+        : isSet(object.written_bytes)
+        ? globalThis.Number(object.written_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: WriteDiskResponse): unknown {
+    const obj: any = {};
+    if (message.writtenBytes !== 0) {
+      obj.writtenBytes = Math.round(message.writtenBytes);
     }
     return obj;
   },
@@ -6236,6 +6679,764 @@ export const CheckInvariantsResponse: MessageFns<CheckInvariantsResponse> = {
   },
 };
 
+function createBaseAdminServiceListDisksRequest(): AdminServiceListDisksRequest {
+  return { vmId: "" };
+}
+
+export const AdminServiceListDisksRequest: MessageFns<AdminServiceListDisksRequest> = {
+  encode(message: AdminServiceListDisksRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AdminServiceListDisksRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAdminServiceListDisksRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AdminServiceListDisksRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+    };
+  },
+
+  toJSON(message: AdminServiceListDisksRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    return obj;
+  },
+};
+
+function createBaseAdminServiceListDisksResponse(): AdminServiceListDisksResponse {
+  return { disks: [] };
+}
+
+export const AdminServiceListDisksResponse: MessageFns<AdminServiceListDisksResponse> = {
+  encode(message: AdminServiceListDisksResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.disks) {
+      Disk.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AdminServiceListDisksResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAdminServiceListDisksResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.disks.push(Disk.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AdminServiceListDisksResponse {
+    return { disks: globalThis.Array.isArray(object?.disks) ? object.disks.map((e: any) => Disk.fromJSON(e)) : [] };
+  },
+
+  toJSON(message: AdminServiceListDisksResponse): unknown {
+    const obj: any = {};
+    if (message.disks?.length) {
+      obj.disks = message.disks.map((e) => Disk.toJSON(e));
+    }
+    return obj;
+  },
+};
+
+function createBaseGroupMove(): GroupMove {
+  return { group: "", fromNode: "", toNode: "", vmId: "", vmRunning: false, serials: [] };
+}
+
+export const GroupMove: MessageFns<GroupMove> = {
+  encode(message: GroupMove, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.group !== "") {
+      writer.uint32(10).string(message.group);
+    }
+    if (message.fromNode !== "") {
+      writer.uint32(18).string(message.fromNode);
+    }
+    if (message.toNode !== "") {
+      writer.uint32(26).string(message.toNode);
+    }
+    if (message.vmId !== "") {
+      writer.uint32(34).string(message.vmId);
+    }
+    if (message.vmRunning !== false) {
+      writer.uint32(40).bool(message.vmRunning);
+    }
+    for (const v of message.serials) {
+      writer.uint32(50).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GroupMove {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGroupMove();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.group = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.fromNode = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.toNode = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.vmRunning = reader.bool();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.serials.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GroupMove {
+    return {
+      group: isSet(object.group) ? globalThis.String(object.group) : "",
+      fromNode: isSet(object.fromNode)
+        ? globalThis.String(object.fromNode)
+        : isSet(object.from_node)
+        ? globalThis.String(object.from_node)
+        : "",
+      toNode: isSet(object.toNode)
+        ? globalThis.String(object.toNode)
+        : isSet(object.to_node)
+        ? globalThis.String(object.to_node)
+        : "",
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+      vmRunning: isSet(object.vmRunning)
+        ? globalThis.Boolean(object.vmRunning)
+        : isSet(object.vm_running)
+        ? globalThis.Boolean(object.vm_running)
+        : false,
+      serials: globalThis.Array.isArray(object?.serials)
+        ? object.serials.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GroupMove): unknown {
+    const obj: any = {};
+    if (message.group !== "") {
+      obj.group = message.group;
+    }
+    if (message.fromNode !== "") {
+      obj.fromNode = message.fromNode;
+    }
+    if (message.toNode !== "") {
+      obj.toNode = message.toNode;
+    }
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    if (message.vmRunning !== false) {
+      obj.vmRunning = message.vmRunning;
+    }
+    if (message.serials?.length) {
+      obj.serials = message.serials;
+    }
+    return obj;
+  },
+};
+
+function createBaseFailNodeRequest(): FailNodeRequest {
+  return { requestId: "", node: "" };
+}
+
+export const FailNodeRequest: MessageFns<FailNodeRequest> = {
+  encode(message: FailNodeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.requestId !== "") {
+      writer.uint32(10).string(message.requestId);
+    }
+    if (message.node !== "") {
+      writer.uint32(18).string(message.node);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FailNodeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFailNodeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FailNodeRequest {
+    return {
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+    };
+  },
+
+  toJSON(message: FailNodeRequest): unknown {
+    const obj: any = {};
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    return obj;
+  },
+};
+
+function createBaseFailNodeResponse(): FailNodeResponse {
+  return { node: undefined, moves: [], settledOperations: [] };
+}
+
+export const FailNodeResponse: MessageFns<FailNodeResponse> = {
+  encode(message: FailNodeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.node !== undefined) {
+      Node.encode(message.node, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.moves) {
+      GroupMove.encode(v!, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.settledOperations) {
+      writer.uint32(26).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FailNodeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFailNodeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.node = Node.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.moves.push(GroupMove.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.settledOperations.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FailNodeResponse {
+    return {
+      node: isSet(object.node) ? Node.fromJSON(object.node) : undefined,
+      moves: globalThis.Array.isArray(object?.moves) ? object.moves.map((e: any) => GroupMove.fromJSON(e)) : [],
+      settledOperations: globalThis.Array.isArray(object?.settledOperations)
+        ? object.settledOperations.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.settled_operations)
+        ? object.settled_operations.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: FailNodeResponse): unknown {
+    const obj: any = {};
+    if (message.node !== undefined) {
+      obj.node = Node.toJSON(message.node);
+    }
+    if (message.moves?.length) {
+      obj.moves = message.moves.map((e) => GroupMove.toJSON(e));
+    }
+    if (message.settledOperations?.length) {
+      obj.settledOperations = message.settledOperations;
+    }
+    return obj;
+  },
+};
+
+function createBaseRecoverNodeRequest(): RecoverNodeRequest {
+  return { requestId: "", node: "" };
+}
+
+export const RecoverNodeRequest: MessageFns<RecoverNodeRequest> = {
+  encode(message: RecoverNodeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.requestId !== "") {
+      writer.uint32(10).string(message.requestId);
+    }
+    if (message.node !== "") {
+      writer.uint32(18).string(message.node);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RecoverNodeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRecoverNodeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RecoverNodeRequest {
+    return {
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+    };
+  },
+
+  toJSON(message: RecoverNodeRequest): unknown {
+    const obj: any = {};
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    return obj;
+  },
+};
+
+function createBaseRecoverNodeResponse(): RecoverNodeResponse {
+  return { node: undefined, startedVms: [] };
+}
+
+export const RecoverNodeResponse: MessageFns<RecoverNodeResponse> = {
+  encode(message: RecoverNodeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.node !== undefined) {
+      Node.encode(message.node, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.startedVms) {
+      writer.uint32(18).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RecoverNodeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRecoverNodeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.node = Node.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.startedVms.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RecoverNodeResponse {
+    return {
+      node: isSet(object.node) ? Node.fromJSON(object.node) : undefined,
+      startedVms: globalThis.Array.isArray(object?.startedVms)
+        ? object.startedVms.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.started_vms)
+        ? object.started_vms.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: RecoverNodeResponse): unknown {
+    const obj: any = {};
+    if (message.node !== undefined) {
+      obj.node = Node.toJSON(message.node);
+    }
+    if (message.startedVms?.length) {
+      obj.startedVms = message.startedVms;
+    }
+    return obj;
+  },
+};
+
+function createBaseMoveGroupRequest(): MoveGroupRequest {
+  return { requestId: "", group: "", node: "" };
+}
+
+export const MoveGroupRequest: MessageFns<MoveGroupRequest> = {
+  encode(message: MoveGroupRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.requestId !== "") {
+      writer.uint32(10).string(message.requestId);
+    }
+    if (message.group !== "") {
+      writer.uint32(18).string(message.group);
+    }
+    if (message.node !== "") {
+      writer.uint32(26).string(message.node);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MoveGroupRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMoveGroupRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.group = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MoveGroupRequest {
+    return {
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
+      group: isSet(object.group) ? globalThis.String(object.group) : "",
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+    };
+  },
+
+  toJSON(message: MoveGroupRequest): unknown {
+    const obj: any = {};
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
+    if (message.group !== "") {
+      obj.group = message.group;
+    }
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    return obj;
+  },
+};
+
+function createBaseMoveGroupResponse(): MoveGroupResponse {
+  return { move: undefined };
+}
+
+export const MoveGroupResponse: MessageFns<MoveGroupResponse> = {
+  encode(message: MoveGroupResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.move !== undefined) {
+      GroupMove.encode(message.move, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MoveGroupResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMoveGroupResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.move = GroupMove.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MoveGroupResponse {
+    return { move: isSet(object.move) ? GroupMove.fromJSON(object.move) : undefined };
+  },
+
+  toJSON(message: MoveGroupResponse): unknown {
+    const obj: any = {};
+    if (message.move !== undefined) {
+      obj.move = GroupMove.toJSON(message.move);
+    }
+    return obj;
+  },
+};
+
 /**
  * The host agent's face to one VM: served on that VM's own endpoint (a Unix socket per VM,
  * the stand-in for VMBus/vsock). Which VM is calling comes from the endpoint, never from a
@@ -6356,6 +7557,31 @@ export const GuestServiceService = {
       Buffer.from(ReportUnmountResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ReportUnmountResponse => ReportUnmountResponse.decode(value),
   },
+  /**
+   * Block I/O on a disk attached to this VM, by its SCSI address, carried to the array as the
+   * node the VM runs on: the array's LUN masking and persistent reservations decide. Offsets
+   * and lengths are multiples of 512 bytes, at most 1 MiB a call. Only while the VM runs and
+   * the disk resource is Online; an address with nothing attached (or another VM's) is
+   * NOT_FOUND.
+   */
+  readDisk: {
+    path: "/passthru.host.v1.GuestService/ReadDisk" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReadDiskRequest): Buffer => Buffer.from(ReadDiskRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReadDiskRequest => ReadDiskRequest.decode(value),
+    responseSerialize: (value: ReadDiskResponse): Buffer => Buffer.from(ReadDiskResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReadDiskResponse => ReadDiskResponse.decode(value),
+  },
+  writeDisk: {
+    path: "/passthru.host.v1.GuestService/WriteDisk" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: WriteDiskRequest): Buffer => Buffer.from(WriteDiskRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WriteDiskRequest => WriteDiskRequest.decode(value),
+    responseSerialize: (value: WriteDiskResponse): Buffer => Buffer.from(WriteDiskResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WriteDiskResponse => WriteDiskResponse.decode(value),
+  },
 } as const;
 
 export interface GuestServiceServer extends UntypedServiceImplementation {
@@ -6385,6 +7611,15 @@ export interface GuestServiceServer extends UntypedServiceImplementation {
   /** The guest tells the host it mounted (or unmounted) a disk's volume at a drive path. */
   reportMount: handleUnaryCall<ReportMountRequest, ReportMountResponse>;
   reportUnmount: handleUnaryCall<ReportUnmountRequest, ReportUnmountResponse>;
+  /**
+   * Block I/O on a disk attached to this VM, by its SCSI address, carried to the array as the
+   * node the VM runs on: the array's LUN masking and persistent reservations decide. Offsets
+   * and lengths are multiples of 512 bytes, at most 1 MiB a call. Only while the VM runs and
+   * the disk resource is Online; an address with nothing attached (or another VM's) is
+   * NOT_FOUND.
+   */
+  readDisk: handleUnaryCall<ReadDiskRequest, ReadDiskResponse>;
+  writeDisk: handleUnaryCall<WriteDiskRequest, WriteDiskResponse>;
 }
 
 export interface GuestServiceClient extends Client {
@@ -6547,6 +7782,43 @@ export interface GuestServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ReportUnmountResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Block I/O on a disk attached to this VM, by its SCSI address, carried to the array as the
+   * node the VM runs on: the array's LUN masking and persistent reservations decide. Offsets
+   * and lengths are multiples of 512 bytes, at most 1 MiB a call. Only while the VM runs and
+   * the disk resource is Online; an address with nothing attached (or another VM's) is
+   * NOT_FOUND.
+   */
+  readDisk(
+    request: ReadDiskRequest,
+    callback: (error: ServiceError | null, response: ReadDiskResponse) => void,
+  ): ClientUnaryCall;
+  readDisk(
+    request: ReadDiskRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReadDiskResponse) => void,
+  ): ClientUnaryCall;
+  readDisk(
+    request: ReadDiskRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReadDiskResponse) => void,
+  ): ClientUnaryCall;
+  writeDisk(
+    request: WriteDiskRequest,
+    callback: (error: ServiceError | null, response: WriteDiskResponse) => void,
+  ): ClientUnaryCall;
+  writeDisk(
+    request: WriteDiskRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: WriteDiskResponse) => void,
+  ): ClientUnaryCall;
+  writeDisk(
+    request: WriteDiskRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: WriteDiskResponse) => void,
   ): ClientUnaryCall;
 }
 
@@ -6721,6 +7993,53 @@ export const AdminServiceService = {
       Buffer.from(CheckInvariantsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CheckInvariantsResponse => CheckInvariantsResponse.decode(value),
   },
+  /** Every VM's disks (or one VM's), as the host sees them. */
+  listDisks: {
+    path: "/passthru.host.v1.AdminService/ListDisks" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AdminServiceListDisksRequest): Buffer =>
+      Buffer.from(AdminServiceListDisksRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AdminServiceListDisksRequest => AdminServiceListDisksRequest.decode(value),
+    responseSerialize: (value: AdminServiceListDisksResponse): Buffer =>
+      Buffer.from(AdminServiceListDisksResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AdminServiceListDisksResponse => AdminServiceListDisksResponse.decode(value),
+  },
+  /**
+   * The node fails: its in-flight operations are settled by the commit-point rule, then every
+   * group it owned moves to a surviving node; each HA VM restarts there with the same SCSI
+   * attachments, the new owner preempts the failed node's persistent reservations and brings
+   * the disks Online. A non-HA VM goes down with its node.
+   */
+  failNode: {
+    path: "/passthru.host.v1.AdminService/FailNode" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: FailNodeRequest): Buffer => Buffer.from(FailNodeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): FailNodeRequest => FailNodeRequest.decode(value),
+    responseSerialize: (value: FailNodeResponse): Buffer => Buffer.from(FailNodeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): FailNodeResponse => FailNodeResponse.decode(value),
+  },
+  /** The node is back: its non-HA VMs start again with their disks. */
+  recoverNode: {
+    path: "/passthru.host.v1.AdminService/RecoverNode" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RecoverNodeRequest): Buffer => Buffer.from(RecoverNodeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RecoverNodeRequest => RecoverNodeRequest.decode(value),
+    responseSerialize: (value: RecoverNodeResponse): Buffer => Buffer.from(RecoverNodeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RecoverNodeResponse => RecoverNodeResponse.decode(value),
+  },
+  /** Moves one group to another node by hand (planned failover, the same fencing). */
+  moveGroup: {
+    path: "/passthru.host.v1.AdminService/MoveGroup" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: MoveGroupRequest): Buffer => Buffer.from(MoveGroupRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): MoveGroupRequest => MoveGroupRequest.decode(value),
+    responseSerialize: (value: MoveGroupResponse): Buffer => Buffer.from(MoveGroupResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): MoveGroupResponse => MoveGroupResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServiceServer extends UntypedServiceImplementation {
@@ -6753,6 +8072,19 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
    * returns each violation found (none on a healthy cluster).
    */
   checkInvariants: handleUnaryCall<CheckInvariantsRequest, CheckInvariantsResponse>;
+  /** Every VM's disks (or one VM's), as the host sees them. */
+  listDisks: handleUnaryCall<AdminServiceListDisksRequest, AdminServiceListDisksResponse>;
+  /**
+   * The node fails: its in-flight operations are settled by the commit-point rule, then every
+   * group it owned moves to a surviving node; each HA VM restarts there with the same SCSI
+   * attachments, the new owner preempts the failed node's persistent reservations and brings
+   * the disks Online. A non-HA VM goes down with its node.
+   */
+  failNode: handleUnaryCall<FailNodeRequest, FailNodeResponse>;
+  /** The node is back: its non-HA VMs start again with their disks. */
+  recoverNode: handleUnaryCall<RecoverNodeRequest, RecoverNodeResponse>;
+  /** Moves one group to another node by hand (planned failover, the same fencing). */
+  moveGroup: handleUnaryCall<MoveGroupRequest, MoveGroupResponse>;
 }
 
 export interface AdminServiceClient extends Client {
@@ -6975,6 +8307,75 @@ export interface AdminServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CheckInvariantsResponse) => void,
   ): ClientUnaryCall;
+  /** Every VM's disks (or one VM's), as the host sees them. */
+  listDisks(
+    request: AdminServiceListDisksRequest,
+    callback: (error: ServiceError | null, response: AdminServiceListDisksResponse) => void,
+  ): ClientUnaryCall;
+  listDisks(
+    request: AdminServiceListDisksRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AdminServiceListDisksResponse) => void,
+  ): ClientUnaryCall;
+  listDisks(
+    request: AdminServiceListDisksRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AdminServiceListDisksResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The node fails: its in-flight operations are settled by the commit-point rule, then every
+   * group it owned moves to a surviving node; each HA VM restarts there with the same SCSI
+   * attachments, the new owner preempts the failed node's persistent reservations and brings
+   * the disks Online. A non-HA VM goes down with its node.
+   */
+  failNode(
+    request: FailNodeRequest,
+    callback: (error: ServiceError | null, response: FailNodeResponse) => void,
+  ): ClientUnaryCall;
+  failNode(
+    request: FailNodeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: FailNodeResponse) => void,
+  ): ClientUnaryCall;
+  failNode(
+    request: FailNodeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: FailNodeResponse) => void,
+  ): ClientUnaryCall;
+  /** The node is back: its non-HA VMs start again with their disks. */
+  recoverNode(
+    request: RecoverNodeRequest,
+    callback: (error: ServiceError | null, response: RecoverNodeResponse) => void,
+  ): ClientUnaryCall;
+  recoverNode(
+    request: RecoverNodeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RecoverNodeResponse) => void,
+  ): ClientUnaryCall;
+  recoverNode(
+    request: RecoverNodeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RecoverNodeResponse) => void,
+  ): ClientUnaryCall;
+  /** Moves one group to another node by hand (planned failover, the same fencing). */
+  moveGroup(
+    request: MoveGroupRequest,
+    callback: (error: ServiceError | null, response: MoveGroupResponse) => void,
+  ): ClientUnaryCall;
+  moveGroup(
+    request: MoveGroupRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: MoveGroupResponse) => void,
+  ): ClientUnaryCall;
+  moveGroup(
+    request: MoveGroupRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: MoveGroupResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const AdminServiceClient = makeGenericClientConstructor(
@@ -6985,6 +8386,14 @@ export const AdminServiceClient = makeGenericClientConstructor(
   service: typeof AdminServiceService;
   serviceName: string;
 };
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
+}
 
 function toTimestamp(date: Date): Timestamp {
   const seconds = BigInt(Math.trunc(date.getTime() / 1_000));
