@@ -3,9 +3,9 @@
  * real storage-sim and a real host-agent holding a 3-node cluster (examples/cluster.json).
  * A guest asks for a disk and the host provisions it through the crash-safe workflow, live;
  * an administrator offers an existing LUN in Available Storage and a VM on another node
- * connects it; both are removed and nothing is left. Then the array shows the fencing a
- * failover relies on. Exits non-zero on any failure. (The guest's own side, GPT and mount,
- * and failover between nodes come with the next issues.)
+ * connects it; node1 fails and vm1 moves with its disk and data while node1 is fenced off;
+ * both disks are removed and nothing is left. Exits non-zero on any failure. (The guest's
+ * own side, GPT and mount, comes with the guest-agent issue.)
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -179,7 +179,29 @@ async function main(): Promise<void> {
     say(`\n7. CheckInvariants across hypervisor, cluster and array: ${checked.violations.length} violations.`);
     if (checked.violations.length > 0) throw new Error(JSON.stringify(checked.violations));
 
-    say('8. Removal runs the same road backwards. vm1 removes E: and deletes its LUN:');
+    // Failover: vm1's data survives the loss of node1, and node1 is fenced off the disk.
+    const text = Buffer.alloc(4096);
+    text.write('written by web1 through its pass-through disk, before node1 failed\n');
+    await g1.writeDisk({ requestId: 'demo-write', address: r1.address, offsetBytes: 1024n * 1024n, data: text });
+    say(`\n8. web1 writes a block to E: through its own endpoint (carried to the array as node1). Then node1 fails:`);
+    const failed = await admin.failNode({ requestId: 'demo-fail-node1', node: 'node1' });
+    for (const m of failed.moves) say(`   ${m.group}: ${m.fromNode} -> ${m.toNode}${m.serials.length ? ` (reservations of ${m.serials.join(', ')} preempted)` : ''}`);
+    const moved = (await g1.getSelf({})).vm!;
+    const back = await g1.readDisk({ address: r1.address, offsetBytes: 1024n * 1024n, lengthBytes: 4096 });
+    if (!Buffer.from(back.data).equals(text)) throw new Error('the block read after failover differs from the one written before');
+    say(`   ${moved.name} runs on ${moved.node} now, E: at the same SCSI address; the block reads back the same.`);
+    try {
+      await storage.writeBlocks({ requestId: 'demo-stale', lun: r1.serial, initiator: cluster.nodes.find((n) => n.name === 'node1')!.initiator, offsetBytes: 0n, data: Buffer.alloc(512, 1) });
+      throw new Error('the failed node could still write');
+    } catch (err) {
+      if ((err as ServiceError).code !== 9) throw err;
+      say(`   A late write from node1 is refused by the array: ${(err as ServiceError).details}`);
+    }
+    await admin.recoverNode({ requestId: 'demo-recover-node1', node: 'node1' });
+    const home = await admin.moveGroup({ requestId: 'demo-move-back', group: moved.group, node: 'node1' });
+    say(`   node1 recovers; ${home.move!.group} moves back to node1 by hand (planned failover, same fencing).`);
+
+    say('\n9. Removal runs the same road backwards. vm1 removes E: and deletes its LUN:');
     const rm1 = await g1.removeDisk({ requestId: 'demo-remove-e', mountPath: 'E:', deleteLun: true });
     await follow(g1, rm1.operation!.id);
     say('   vm2 removes /srv/reports and keeps the LUN on the array:');
@@ -189,7 +211,7 @@ async function main(): Promise<void> {
     const end = await storage.getArray({});
     const after = await admin.checkInvariants({});
     const disks = (await g1.listDisks({})).disks.length + (await g2.listDisks({})).disks.length;
-    say(`\n9. Left: ${disks} disks attached, ${end.mapCount} LUN maps on the array, ${end.lunCount} LUN (the kept one), ${after.violations.length} violations.`);
+    say(`\n10. Left: ${disks} disks attached, ${end.mapCount} LUN maps on the array, ${end.lunCount} LUN (the kept one), ${after.violations.length} violations.`);
     if (after.violations.length > 0 || end.mapCount !== 0 || end.lunCount !== 1 || disks !== 0) throw new Error('something was left behind');
     say('\nDemo finished: every step did what it said.');
   } finally {
