@@ -360,7 +360,8 @@ export class GrpcDataPlane implements DataPlane {
     const res = await callArray(this.endpoint, this.retry, this.logger, 'ReadBlocks', () =>
       this.client.readBlocks({ lun, initiator: this.initiator, offsetBytes, lengthBytes }),
     );
-    return Buffer.from(res.data);
+    // Already a Buffer over the decoded message: no copy.
+    return res.data;
   }
 
   async write(requestId: string, lun: string, offsetBytes: bigint, data: Buffer): Promise<number> {

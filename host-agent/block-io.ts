@@ -36,6 +36,12 @@ export class BlockIo {
       throw new NotFoundError('disk', `${address.controller}:${address.location}`, `VM ${vmId} has no disk at SCSI ${address.controller}:${address.location}: RescanBus lists its disks`);
     }
     if (!vm.running) throw new FailedPreconditionError(`VM ${vmId} is off: start it first`, 'VM_NOT_RUNNING');
+    // A failed node carries nothing more, even before its VMs have moved: retry once they run elsewhere.
+    if (this.agent.state.nodes.get(vm.node)?.up === false) {
+      throw new UnavailableError(`node ${vm.node} has failed; VM ${vmId} is restarting on another node: retry in a moment`, 'VM_FAILING_OVER');
+    }
+    const moving = this.agent.state.groups.get(vm.group)?.movingTo;
+    if (moving) throw new UnavailableError(`VM ${vmId} is moving to node ${moving}: retry in a moment`, 'VM_MOVING');
     if (disk.state !== 'online') {
       throw new FailedPreconditionError(`disk resource ${disk.name} is ${disk.state.replace('_', ' ')}, not online: retry once its operation or move has ended`, 'RESOURCE_NOT_ONLINE');
     }

@@ -1,5 +1,6 @@
 /** host-agent: `serve` runs the host side of passthru for a whole cluster (the embedded default). */
 import { Command, Option } from 'commander';
+import { addAdminCommands } from './admin-cli.js';
 
 export function buildProgram(): Command {
   const program = new Command('host-agent')
@@ -57,6 +58,7 @@ export function buildProgram(): Command {
         process.stdout.write(`host-agent serving on ${serving.admin.address}\n`);
       },
     );
+  addAdminCommands(program);
   return program;
 }
 

@@ -30,8 +30,9 @@ export interface FailoverResult {
   settled: string[];
 }
 
-/** How many disks are fenced at once during a move. */
+/** How many disks are fenced at once during a move, and how many groups move at once. */
 const FENCE_WIDTH = 16;
+const MOVE_WIDTH = 8;
 
 async function inBatches<T>(items: T[], width: number, fn: (t: T) => Promise<void>): Promise<void> {
   let next = 0;
@@ -52,13 +53,14 @@ export class Failover {
     return this.agent.state;
   }
 
-  /** The node that takes a group over: up, hypervisor enabled, fewest VMs; ties by name. */
-  private target(away: string): NodeRecord {
+  /** The node that takes a group over: up, hypervisor enabled, fewest VMs (as planned so far); ties by name. */
+  private target(away: string, load?: Map<string, number>): string {
+    const count = (n: string): number => load?.get(n) ?? this.state.vmsOn(n).length;
     const candidates = [...this.state.nodes.values()]
       .filter((n) => n.up && n.name !== away && n.hypervisorEnabled)
-      .sort((a, b) => this.state.vmsOn(a.name).length - this.state.vmsOn(b.name).length || (a.name < b.name ? -1 : 1));
+      .sort((a, b) => count(a.name) - count(b.name) || (a.name < b.name ? -1 : 1));
     if (candidates.length === 0) throw new FailedPreconditionError(`no surviving node with its hypervisor enabled can take over from ${away}`, 'NO_SURVIVING_NODE');
-    return candidates[0]!;
+    return candidates[0]!.name;
   }
 
   async failNode(name: string): Promise<FailoverResult> {
@@ -86,29 +88,40 @@ export class Failover {
     return ops.map((o) => o.id);
   }
 
-  /** Moves every group a down node still owns; a non-HA VM's group stays down with it. */
+  /**
+   * Moves every group a down node still owns, several at once (targets are planned first so
+   * the load spreads); a non-HA VM's group stays down with it.
+   */
   private async evacuate(name: string): Promise<GroupMove[]> {
     const moves: GroupMove[] = [];
+    const planned: [GroupRecord, string][] = [];
+    const load = new Map([...this.state.nodes.values()].map((n) => [n.name, this.state.vmsOn(n.name).length]));
     for (const g of [...this.state.groups.values()].filter((x) => x.owner === name).sort((a, b) => (a.name < b.name ? -1 : 1))) {
       if (g.kind === 'temporary') continue;
       const vm = g.vmId ? this.state.vms.get(g.vmId) : undefined;
       if (g.kind === 'vm' && vm && !vm.ha) {
-        moves.push(this.downWithNode(g, vm));
+        const m = this.downWithNode(g, vm);
+        if (m) moves.push(m);
         continue;
       }
-      moves.push(await this.move(g, g.movingTo ?? this.target(name).name));
+      const to = g.movingTo ?? this.target(name, load);
+      if (g.kind === 'vm') load.set(to, (load.get(to) ?? 0) + 1);
+      planned.push([g, to]);
     }
-    return moves;
+    await inBatches(planned, MOVE_WIDTH, async ([g, to]) => {
+      moves.push(await this.move(g, to));
+    });
+    return moves.sort((a, b) => (a.group < b.group ? -1 : 1));
   }
 
-  private downWithNode(g: GroupRecord, vm: VmRecord): GroupMove {
+  /** The non-HA VM goes down with its node; undefined when it is down already. */
+  private downWithNode(g: GroupRecord, vm: VmRecord): GroupMove | undefined {
     const resources = this.state.resourcesIn(g.name);
-    if (vm.running || resources.some((r) => r.state !== 'offline')) {
-      this.state.transact(() => {
-        if (vm.running) this.state.vms.put({ ...vm, running: false, downWithNode: true });
-        for (const r of resources) this.state.resources.put({ ...r, state: 'offline' });
-      });
-    }
+    if (!vm.running && resources.every((r) => r.state === 'offline')) return undefined;
+    this.state.transact(() => {
+      if (vm.running) this.state.vms.put({ ...vm, running: false, downWithNode: true });
+      for (const r of resources) this.state.resources.put({ ...r, state: 'offline' });
+    });
     return { group: g.name, from: g.owner, to: g.owner, vmId: vm.id, vmRunning: false, serials: [] };
   }
 

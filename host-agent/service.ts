@@ -200,6 +200,11 @@ function toMove(m: GroupMove): GroupMoveMessage {
   return { group: m.group, fromNode: m.from, toNode: m.to, vmId: m.vmId ?? '', vmRunning: m.vmRunning, serials: m.serials };
 }
 
+/** A view of the bytes, not a copy: a 1 MiB block is copied enough on its way already. */
+function asBuffer(data: Uint8Array): Buffer {
+  return Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+}
+
 function blockIo(agent: HostAgent): BlockIo {
   if (!agent.blockIo) throw new UnavailableError('this host agent has no data path to the array', 'NO_DATA_PATH');
   return agent.blockIo;
@@ -305,7 +310,7 @@ export function guestService(agent: HostAgent, vmId: string, endpoint: (id: stri
         reportMount: (req) => ({ disk: toDisk(agent.reportMount(vmId, req)) }),
         reportUnmount: (req) => ({ disk: toDisk(agent.reportUnmount(vmId, req)) }),
         readDisk: async (req) => ({ data: await blockIo(agent).read(vmId, req) }),
-        writeDisk: async (req) => ({ writtenBytes: await blockIo(agent).write(vmId, { ...req, data: Buffer.from(req.data) }) }),
+        writeDisk: async (req) => ({ writtenBytes: await blockIo(agent).write(vmId, { ...req, data: asBuffer(req.data) }) }),
       },
       { logger: logger.child({ vmId }), quietMethods: GUEST_QUIET },
     ),
