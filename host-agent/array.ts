@@ -129,7 +129,7 @@ function fromStatus(err: ServiceError, method: string, endpoint: string): Error 
   const reason = statusDetails(err).reason ?? `ARRAY_${Code[err.code] ?? err.code}`;
   switch (err.code) {
     case Code.INVALID_ARGUMENT:
-      return new InvalidArgumentError(method, msg, reason);
+      return new InvalidArgumentError(statusDetails(err).fieldViolations[0]?.field ?? method, msg, reason);
     case Code.NOT_FOUND:
       return Object.assign(new NotFoundError('array object', method, msg), { reason });
     case Code.ALREADY_EXISTS:

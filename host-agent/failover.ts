@@ -119,23 +119,35 @@ export class Failover {
     const resources = this.state.resourcesIn(g.name);
     if (!vm.running && resources.every((r) => r.state === 'offline')) return undefined;
     this.state.transact(() => {
-      if (vm.running) this.state.vms.put({ ...vm, running: false, downWithNode: true });
+      this.state.vms.put({ ...vm, running: false, downWithNode: vm.downWithNode ?? { wasRunning: vm.running } });
       for (const r of resources) this.state.resources.put({ ...r, state: 'offline' });
     });
     return { group: g.name, from: g.owner, to: g.owner, vmId: vm.id, vmRunning: false, serials: [] };
   }
 
-  /** Moves a group to a node: journal the intent, fence its disks, then switch owner in one transaction. */
-  private async move(g: GroupRecord, to: string): Promise<GroupMove> {
+  /**
+   * Moves a group to a node: journal the intent, fence its disks, then switch owner in one
+   * transaction. If the destination fails meanwhile, the group goes on to another survivor,
+   * fencing the failed destination too.
+   */
+  private async move(g: GroupRecord, to: string, fencedOff: string[] = []): Promise<GroupMove> {
     const from = this.state.nodes.get(g.owner)!;
     const dest = this.state.nodes.get(to)!;
-    if (g.movingTo !== to) this.state.transact(() => this.state.groups.put({ ...g, movingTo: to }));
+    if (g.movingTo !== to) this.state.transact(() => this.state.groups.put({ ...this.state.groups.get(g.name)!, movingTo: to }));
     const resources = this.state.resourcesIn(g.name);
     if (g.kind === 'vm') {
       // Only a VM's disks are reserved (Available Storage disks are Offline, reserved by nobody).
-      await inBatches(resources, FENCE_WIDTH, (r) =>
-        this.agent.array.takeOver({ requestId: '', lun: r.lun.uuid, initiator: dest.initiator, key: reservationKey(dest.name), fromKey: reservationKey(from.name) }),
-      );
+      const away = [from.name, ...fencedOff];
+      await inBatches(resources, FENCE_WIDTH, async (r) => {
+        for (const node of away) {
+          await this.agent.array.takeOver({ requestId: '', lun: r.lun.uuid, initiator: dest.initiator, key: reservationKey(dest.name), fromKey: reservationKey(node) });
+        }
+      });
+    }
+    if (!this.state.nodes.get(to)!.up) {
+      const next = this.target(to);
+      this.logger.warn('the destination of a move failed; moving on', { group: g.name, failed: to, to: next });
+      return this.move(this.state.groups.get(g.name)!, next, [...fencedOff, to]);
     }
     const vm = g.vmId ? this.state.vms.get(g.vmId) : undefined;
     this.state.transact(() => {
@@ -143,12 +155,19 @@ export class Failover {
       this.state.groups.put({ ...cur, owner: to, movingTo: undefined });
       if (vm && g.kind === 'vm') {
         // A running VM restarts on the new node (failover) or carries on there (planned move).
-        this.state.vms.put({ ...vm, node: to, downWithNode: undefined });
-        for (const r of resources) this.state.resources.put({ ...r, state: 'online', reservedBy: to });
+        this.state.vms.put({ ...this.state.vms.get(vm.id)!, node: to, downWithNode: undefined });
+        for (const r of resources) this.state.resources.put({ ...this.state.resources.get(r.lun.serial)!, state: 'online', reservedBy: to });
       }
     });
     this.logger.info('group moved', { group: g.name, from: from.name, to, disks: resources.length });
-    return { group: g.name, from: from.name, to, vmId: vm?.id, vmRunning: vm ? this.state.vms.get(vm.id)!.running : false, serials: resources.map((r) => r.lun.serial) };
+    return {
+      group: g.name,
+      from: from.name,
+      to,
+      vmId: vm?.id,
+      vmRunning: vm ? this.state.vms.get(vm.id)!.running : false,
+      serials: g.kind === 'vm' ? resources.map((r) => r.lun.serial) : [],
+    };
   }
 
   /** A group moved by hand (planned failover): the same fencing, the VM keeps running. */
@@ -187,10 +206,10 @@ export class Failover {
         this.agent.array.takeOver({ requestId: '', lun: r.lun.uuid, initiator: node.initiator, key: reservationKey(name), fromKey: reservationKey(name) }),
       );
       this.state.transact(() => {
-        this.state.vms.put({ ...this.state.vms.get(vm.id)!, running: true, downWithNode: undefined });
+        this.state.vms.put({ ...this.state.vms.get(vm.id)!, running: vm.downWithNode!.wasRunning, downWithNode: undefined });
         for (const r of resources) this.state.resources.put({ ...r, state: 'online', reservedBy: name });
       });
-      started.push(vm.id);
+      if (vm.downWithNode!.wasRunning) started.push(vm.id);
     }
     this.logger.info('node recovered', { node: name, started });
     return { node: this.state.nodes.get(name)!, started };

@@ -98,7 +98,7 @@ export async function checkInvariants(
       const vm = state.vms.get(g.vmId ?? '');
       if (!att || att.vmId !== g.vmId) add('RESOURCE_WITHOUT_SLOT', r.name, `resource ${r.name} is in ${g.name} but LUN ${serial} is not attached to VM ${g.vmId}`);
       if (r.vmId !== g.vmId) add('RESOURCE_VM_MISMATCH', r.name, `resource ${r.name} names VM ${r.vmId} but sits in ${g.name}`);
-      const downWithNode = vm?.downWithNode === true || state.nodes.get(g.owner)?.up === false;
+      const downWithNode = vm?.downWithNode !== undefined || state.nodes.get(g.owner)?.up === false;
       if (r.state !== 'online' && !(downWithNode && r.state === 'offline')) add('RESOURCE_NOT_ONLINE', r.name, `resource ${r.name} of VM ${g.vmId} is ${r.state}`);
       if (r.reservedBy !== g.owner) add('RESERVATION_HOLDER', r.name, `LUN ${serial} should be reserved by ${g.owner}, the group's owner, passthru recorded ${r.reservedBy ?? 'nobody'}`);
       if (vm && !vm.configuredDisks.includes(serial)) add('VM_CONFIG_MISSING_DISK', r.name, `VM ${vm.id}'s configuration lacks LUN ${serial}`);

@@ -34,8 +34,8 @@ export interface VmRecord {
   group: string;
   /** The disk resources (LUN serials) the cluster manager records in the VM's configuration. */
   configuredDisks: string[];
-  /** A non-HA VM stopped because its node failed: it starts again when the node recovers. */
-  downWithNode?: boolean;
+  /** A non-HA VM whose node failed: its disks come back with the node, and it runs again if it ran before. */
+  downWithNode?: { wasRunning: boolean };
 }
 
 export interface GroupRecord {

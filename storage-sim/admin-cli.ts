@@ -22,7 +22,7 @@
  * Errors never go to stdout, in either mode.
  *
  * Errors: `storage-sim: <STATUS_NAME>: <server message>` on stderr, and an exit code per
- * status class (EXIT_CODES below, also in `storage-sim --help`):
+ * status class (EXIT_CODES in common/cli.ts, also in `storage-sim --help`):
  *   0 success
  *   1 anything else (INTERNAL, UNKNOWN, UNIMPLEMENTED, CANCELLED, DATA_LOSS, ...)
  *   2 usage error (commander) or INVALID_ARGUMENT (from the server or checked locally)
@@ -34,14 +34,30 @@
  *   8 UNAVAILABLE, DEADLINE_EXCEEDED (array not reachable or too slow; retryable)
  *   9 ABORTED
  */
-import { randomUUID } from 'node:crypto';
 import { status as Code } from '@grpc/grpc-js';
 import { Command, InvalidArgumentError as UsageError, Option } from 'commander';
+import {
+  allPages,
+  collect,
+  connOptions,
+  dash,
+  formatFields,
+  formatTable,
+  intArg,
+  requestId,
+  runCommand,
+  statusName,
+  usageExitCodes,
+  wordArg,
+  yesNo,
+  type CliIdentity,
+  type ConnOpts,
+  type MutateOpts,
+  type Output,
+} from '../common/cli.js';
 import { connect, DEFAULT_TIMEOUT_MS, type PromiseClient } from '../common/client.js';
 import type { EnumCodec } from '../common/enums.js';
-import { isDomainError } from '../common/errors.js';
 import { formatSize, parseSize } from '../common/size.js';
-import { isServiceError, statusDetails, statusOfKind } from '../common/status.js';
 import {
   FaultInjectionServiceClient,
   StorageArrayServiceClient,
@@ -59,20 +75,7 @@ import { faultTimings, lunStates, osTypes, protocols, provisionings, reservation
 export const DEFAULT_ENDPOINT = '127.0.0.1:50051';
 export const ENDPOINT_ENV = 'PASSTHRU_STORAGE_ENDPOINT';
 
-/** gRPC status → process exit code. A status not listed exits 1. */
-export const EXIT_CODES: ReadonlyMap<Code, number> = new Map([
-  [Code.INVALID_ARGUMENT, 2],
-  [Code.NOT_FOUND, 3],
-  [Code.ALREADY_EXISTS, 4],
-  [Code.FAILED_PRECONDITION, 5],
-  [Code.RESOURCE_EXHAUSTED, 6],
-  [Code.PERMISSION_DENIED, 7],
-  [Code.UNAUTHENTICATED, 7],
-  [Code.UNAVAILABLE, 8],
-  [Code.DEADLINE_EXCEEDED, 8],
-  [Code.ABORTED, 9],
-]);
-export const USAGE_EXIT_CODE = 2;
+export { EXIT_CODES, formatTable, USAGE_EXIT_CODE } from '../common/cli.js';
 
 const EXIT_TABLE = `Exit codes:
   0  success
@@ -110,39 +113,6 @@ const SHORT_EXIT = '\nExit codes: 0 ok, 1 other, 2 usage/INVALID_ARGUMENT, 3 NOT
 
 // ------------------------------------------------------------------ option parsing
 
-interface ConnOpts {
-  endpoint: string;
-  timeout: number;
-  json?: boolean;
-}
-
-interface MutateOpts extends ConnOpts {
-  requestId?: string;
-}
-
-function intArg(what: string, min: number, max: number): (text: string) => number {
-  return (text) => {
-    const n = Number(text);
-    if (!/^\s*\d+\s*$/.test(text) || !Number.isSafeInteger(n) || n < min || n > max) {
-      throw new UsageError(`${what} must be a whole number from ${min} to ${max}.`);
-    }
-    return n;
-  };
-}
-
-/** A CLI word of an enum (case-insensitive), as a commander option parser. */
-function wordArg<D extends string>(codec: EnumCodec<D>): (text: string) => D {
-  return (text) => {
-    const found = codec.names.find((n) => n === text.toLowerCase());
-    if (found === undefined) throw new UsageError(`Write one of ${codec.names.join(', ')}.`);
-    return found;
-  };
-}
-
-function collect(value: string, previous: string[]): string[] {
-  return [...previous, value];
-}
-
 /** A gRPC status code by name (UNAVAILABLE, unavailable) or number (14), 1-16. */
 function statusCodeArg(text: string): number {
   const byName = (Code as unknown as Record<string, number>)[text.toUpperCase()];
@@ -153,24 +123,17 @@ function statusCodeArg(text: string): number {
   return n;
 }
 
-function statusName(code: number): string {
-  return (Code as unknown as Record<number, string | undefined>)[code] ?? `STATUS_${code}`;
-}
+const CLI: CliIdentity = {
+  program: 'storage-sim',
+  endpointEnv: ENDPOINT_ENV,
+  defaultEndpoint: DEFAULT_ENDPOINT,
+  endpointHelp: 'storage-sim gRPC endpoint',
+  shortExitHelp: SHORT_EXIT,
+};
 
 /** The options every admin command takes; `mutating` adds --request-id. */
 function withConn(cmd: Command, mutating = false): Command {
-  cmd
-    .addOption(
-      new Option('--endpoint <host:port>', 'storage-sim gRPC endpoint').env(ENDPOINT_ENV).default(DEFAULT_ENDPOINT),
-    )
-    .addOption(
-      new Option('--timeout <ms>', 'deadline of each call, in milliseconds')
-        .argParser(intArg('--timeout', 1, 3_600_000))
-        .default(DEFAULT_TIMEOUT_MS),
-    )
-    .option('--json', 'print one JSON document on stdout instead of text');
-  if (mutating) cmd.option('--request-id <id>', 'idempotency key (default: a fresh random id)');
-  return cmd.addHelpText('after', SHORT_EXIT);
+  return connOptions(CLI, cmd, mutating);
 }
 
 // ------------------------------------------------------------------ running a command
@@ -201,72 +164,9 @@ class Session {
   }
 }
 
-/** What a command prints: `json` with --json, `text` otherwise. */
-interface Output {
-  json: unknown;
-  text: string;
-}
-
-function requestId(o: MutateOpts): string {
-  return o.requestId ?? randomUUID();
-}
-
 /** Runs one command: its output on stdout, or its error on stderr and an exit code. */
-async function run(o: ConnOpts, body: (s: Session) => Promise<Output>): Promise<void> {
-  const s = new Session(o);
-  try {
-    const out = await body(s);
-    process.stdout.write(o.json ? `${JSON.stringify(out.json, null, 2)}\n` : out.text);
-  } catch (err) {
-    reportError(err, o);
-  } finally {
-    s.close();
-  }
-}
-
-const CHANNEL_FAILURE = /No connection established|ECONNREFUSED|ECONNRESET|ENOTFOUND|EHOSTUNREACH|resolution|Connection dropped/i;
-
-function reportError(err: unknown, o: ConnOpts): void {
-  let code: number;
-  let message: string;
-  if (isServiceError(err)) {
-    code = err.code;
-    // grpc-js ends a connection failure with an empty "Resolution note:"; drop it.
-    message = (err.details || err.message).replace(/\s*Resolution note:\s*$/, '').trimEnd();
-    let retryAfterMs: number | undefined;
-    try {
-      retryAfterMs = statusDetails(err).retryAfterMs;
-    } catch {
-      // Details that do not decode are only a lost hint.
-    }
-    if (retryAfterMs !== undefined) message += ` (retry after ${retryAfterMs} ms)`;
-  } else if (isDomainError(err)) {
-    // Checked here before any call (e.g. a size that does not parse).
-    code = statusOfKind[err.kind];
-    message = err.message;
-  } else {
-    process.stderr.write(`storage-sim: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exitCode = 1;
-    return;
-  }
-  process.stderr.write(`storage-sim: ${statusName(code)}: ${message}\n`);
-  // The hint only when the channel (not the array itself, e.g. an injected outage) failed.
-  if (code === Code.DEADLINE_EXCEEDED || (code === Code.UNAVAILABLE && CHANNEL_FAILURE.test(message))) {
-    process.stderr.write(`storage-sim: is storage-sim serving at ${o.endpoint}? (--endpoint or $${ENDPOINT_ENV})\n`);
-  }
-  process.exitCode = EXIT_CODES.get(code) ?? 1;
-}
-
-/** Calls a paged list RPC until its last page. */
-async function allPages<T>(fetch: (pageToken: string) => Promise<{ items: T[]; next: string }>): Promise<T[]> {
-  const all: T[] = [];
-  let token = '';
-  do {
-    const page = await fetch(token);
-    all.push(...page.items);
-    token = page.next;
-  } while (token !== '');
-  return all;
+function run(o: ConnOpts, body: (s: Session) => Promise<Output>): Promise<void> {
+  return runCommand(CLI, o, new Session(o), body);
 }
 
 // ------------------------------------------------------------------ JSON shapes
@@ -369,38 +269,6 @@ function arrayJson(a: GetArrayResponse) {
 
 // ------------------------------------------------------------------ text formatting
 
-interface Column {
-  header: string;
-  /** Right-align (numbers, sizes). */
-  right?: boolean;
-}
-
-/**
- * An aligned table: a header row, then one row each, columns two spaces apart, the last
- * column not padded. Nothing in common/ does this yet.
- */
-export function formatTable(columns: Column[], rows: string[][]): string {
-  const widths = columns.map((c, i) => Math.max(c.header.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]): string =>
-    cells
-      .map((cell, i) => {
-        const last = i === cells.length - 1;
-        if (columns[i]!.right) return cell.padStart(widths[i]!);
-        return last ? cell : cell.padEnd(widths[i]!);
-      })
-      .join('  ')
-      .trimEnd();
-  return [line(columns.map((c) => c.header)), ...rows.map((r) => line(columns.map((_, i) => r[i] ?? '')))].join('\n') + '\n';
-}
-
-/** `Key:  value` lines, values aligned. */
-function formatFields(pairs: [string, string][]): string {
-  const width = Math.max(...pairs.map(([k]) => k.length)) + 1;
-  return pairs.map(([k, v]) => `${`${k}:`.padEnd(width)}  ${v}`.trimEnd()).join('\n') + '\n';
-}
-
-const dash = (s: string | null | undefined): string => (s === null || s === undefined || s === '' ? '-' : s);
-const yesNo = (b: boolean): string => (b ? 'yes' : 'no');
 const size = (n: number): string => formatSize(n);
 const sizeExact = (n: number): string => (n < 1024 ? formatSize(n) : `${formatSize(n)} (${n} bytes)`);
 
@@ -893,18 +761,6 @@ function addFaultCommands(program: Command): void {
       return { json: { cleared: r.cleared }, text: `cleared ${r.cleared} fault${r.cleared === 1 ? '' : 's'}\n` };
     }),
   );
-}
-
-/**
- * Usage errors (unknown option, missing argument, a group command without its subcommand)
- * exit 2 instead of commander's 1; help and --version still exit 0. Commander has written
- * its message already and nothing of ours is on stdout yet, so exiting here loses nothing.
- */
-function usageExitCodes(cmd: Command): void {
-  cmd.exitOverride((err) => {
-    process.exit(err.exitCode === 0 ? 0 : USAGE_EXIT_CODE);
-  });
-  for (const sub of cmd.commands) usageExitCodes(sub);
 }
 
 /** Adds the admin commands (array, lun, igroup, map, unmap, maps, fault) to storage-sim. */

@@ -887,7 +887,10 @@ export class StorageArray {
   }
 
   writeBlocks(req: IoTarget & { requestId: string; offsetBytes: bigint; data: Uint8Array }): { writtenBytes: number } {
-    const params = { ...this.targetOf(req), offset: req.offsetBytes, length: req.data.length, crc: req.requestId === '' ? 0 : crc32(req.data) };
+    // The initiator is left out of what makes a retry the same write: a cluster retries a
+    // write through another node's path after a failover, with the same id.
+    const { lun: lunRef } = this.targetOf(req);
+    const params = { lun: lunRef, offset: req.offsetBytes, length: req.data.length, crc: req.requestId === '' ? 0 : crc32(req.data) };
     return this.mutate(req.requestId, 'WriteBlocks', params, () => {
       const { lun, initiator } = this.reachable(req);
       const offset = checkIo('data', req.offsetBytes, req.data.length, lun.sizeBytes);
