@@ -578,6 +578,8 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     this.requireServing();
     const lun = await this.array.findLun(req.lun);
     if (!lun) throw new NotFoundError('LUN', req.lun, `the array has no LUN ${req.lun}: give its path, uuid or serial`);
+    // One operation per LUN: a second add (or a removal) while one runs is ABORTED.
+    this.busy([lunLock(lun.serial)], `LUN ${lun.serial}`);
     const known = this.state.resources.get(lun.serial);
     if (known) {
       if (known.group === AVAILABLE_STORAGE) {
@@ -611,7 +613,9 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     const known = this.findResource(req.lun);
     if (!known) {
       // Taking out what is not there succeeds, for a LUN that exists; a name the array does not know is a mistake.
-      if (!(await this.array.findLun(req.lun))) throw new NotFoundError('LUN', req.lun, `the array has no LUN ${req.lun}: give its path, uuid, serial or NAA id`);
+      const onArray = await this.array.findLun(req.lun);
+      if (!onArray) throw new NotFoundError('LUN', req.lun, `the array has no LUN ${req.lun}: give its path, uuid, serial or NAA id`);
+      this.busy([lunLock(onArray.serial)], `LUN ${onArray.serial}`);
       const again = this.replay('admin', requestId, fp);
       if (again) return again;
       return this.nothingToDo(op, fp, `LUN ${req.lun} is not in Available Storage`);

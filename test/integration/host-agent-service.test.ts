@@ -1071,6 +1071,19 @@ describe('host-agent over gRPC', function () {
       await c.close();
     });
 
+    it('while AddAvailableDisk of a LUN runs, a second AddAvailableDisk and a RemoveAvailableDisk of that LUN are ABORTED; afterwards removal works', async () => {
+      const lun = await arrayLun(c, '/vol/extra/busy', OsType.OS_TYPE_LINUX);
+      await delayArray(c, 'MapLun', 300, 3);
+      const { operation } = await c.admin.addAvailableDisk({ requestId: rid(), lun: lun.path });
+      await expectStatus(c.admin.addAvailableDisk({ requestId: rid(), lun: lun.serial }), Code.ABORTED, 'OPERATION_IN_FLIGHT');
+      await expectStatus(c.admin.removeAvailableDisk({ requestId: rid(), lun: lun.serial }), Code.ABORTED, 'OPERATION_IN_FLIGHT');
+      expectSucceeded(await c.settle(operation!.id));
+      const removed = await c.admin.removeAvailableDisk({ requestId: rid(), lun: lun.serial });
+      expectSucceeded(await c.settle(removed.operation!.id));
+      expect((await c.admin.listGroups({ kind: GroupKind.GROUP_KIND_AVAILABLE_STORAGE })).groups[0]!.resources).to.deep.equal([]);
+      expect(await c.violations()).to.deep.equal([]);
+    });
+
     it('AddAvailableDisk of a LUN made on the array puts "Cluster Disk 1" in Available Storage, mapped to every node at one LUN id', async () => {
       const lun = await arrayLun(c, '/vol/extra/lun1', OsType.OS_TYPE_WINDOWS);
       const { operation } = await c.admin.addAvailableDisk({ requestId: rid(), lun: lun.path });
