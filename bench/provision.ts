@@ -37,8 +37,8 @@
  *                      (non-HA VMs, each LUN mapped to its VM's node only)
  *   --host-agent PATH  the host agent's entry script (default bin/host-agent.js)
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { cpus, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -54,7 +54,8 @@ import {
   type Violation,
   type WatchOperationResponse,
 } from '../proto/gen/passthru/host/v1/host.js';
-import { closedLoop, fmt, formatTable, percentile, repoRoot, writeResults, type Measured, procCpuSeconds } from './report.js';
+import { cpuWindow, startService, type Service } from './processes.js';
+import { closedLoop, fmt, formatTable, percentile, repoRoot, writeResults, type Measured } from './report.js';
 
 const MiB = 1024 * 1024;
 /** Every disk the benchmark makes: small, so the array's pool never limits it. */
@@ -102,7 +103,6 @@ const NODE_RUNS = 5;
 /** Longest a single create or remove may take before the run fails. */
 const OP_TIMEOUT_MS = 120_000;
 /** SIGTERM, then SIGKILL after this long. */
-const STOP_GRACE_MS = 5_000;
 /** A Watch stream the server has not ended this long after its final message is cancelled (and counted). */
 const WATCH_END_GRACE_MS = 2_000;
 
@@ -134,79 +134,7 @@ interface Aim {
 
 // ---------------------------------------------------------------- processes
 
-interface Service {
-  name: string;
-  child: ChildProcess;
-  pid: number;
-  address: string;
-  /** ms from spawn() to the "serving on" line on stdout. */
-  startMs: number;
-  logFile: string;
-  /** SIGTERM, SIGKILL after STOP_GRACE_MS, and wait for the exit. */
-  stop(): Promise<{ ms: number; killed: boolean }>;
-}
-
-async function startService(name: string, script: string, args: string[], logFile: string, timeoutMs: number): Promise<Service> {
-  const logFd = openSync(logFile, 'a');
-  const t0 = performance.now();
-  const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', logFd] });
-  closeSync(logFd);
-  const running = (): boolean => child.exitCode === null && child.signalCode === null;
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const logTail = (): string => readFileSync(logFile, 'utf8').split('\n').slice(-20).join('\n');
-  const { address, startMs } = await new Promise<{ address: string; startMs: number }>((resolve, reject) => {
-    let out = '';
-    let seen = false;
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`${name} did not print "serving on" within ${timeoutMs / 1000} s; its log:\n${logTail()}`));
-    }, timeoutMs);
-    const early = (code: number | null, signal: NodeJS.Signals | null): void => {
-      clearTimeout(timer);
-      reject(new Error(`${name} exited (${signal ?? code}) before serving; its log:\n${logTail()}`));
-    };
-    child.once('exit', early);
-    child.once('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    child.stdout!.on('data', (d: Buffer) => {
-      if (seen) return; // keep draining stdout, nothing more to look for
-      out += d.toString();
-      const m = /serving on (\S+)/.exec(out);
-      if (!m) return;
-      seen = true;
-      const ms = performance.now() - t0;
-      clearTimeout(timer);
-      child.off('exit', early);
-      resolve({ address: m[1]!, startMs: ms });
-    });
-  });
-  return {
-    name,
-    child,
-    pid: child.pid!,
-    address,
-    startMs,
-    logFile,
-    stop: async () => {
-      const s0 = performance.now();
-      let killed = false;
-      if (running()) child.kill('SIGTERM');
-      const timer = setTimeout(() => {
-        if (running()) {
-          killed = true;
-          child.kill('SIGKILL');
-        }
-      }, STOP_GRACE_MS);
-      await exited;
-      clearTimeout(timer);
-      return { ms: performance.now() - s0, killed };
-    },
-  };
-}
-
-/** ms from spawn() of `node -e 0` to its exit: what bare Node start-up costs here. */
+/** Bare Node start-up: the share of a restart that is not the host agent's own. */
 async function timeBareNode(): Promise<number> {
   const t0 = performance.now();
   const child = spawn(process.execPath, ['-e', '0'], { stdio: 'ignore' });
@@ -218,37 +146,6 @@ async function timeBareNode(): Promise<number> {
 }
 
 
-/** CPU use of the host agent, the array and this process over a measured window. */
-function cpuWindow(agentPid: number, storagePid: number): {
-  window: { start(): void; stop(): void };
-  result(): { agentCpu: number; storageCpu: number; clientCpu: number };
-} {
-  let a0 = 0;
-  let s0 = 0;
-  let c0 = process.cpuUsage();
-  let t0 = 0;
-  let out = { agentCpu: Number.NaN, storageCpu: Number.NaN, clientCpu: Number.NaN };
-  return {
-    window: {
-      start: () => {
-        a0 = procCpuSeconds(agentPid);
-        s0 = procCpuSeconds(storagePid);
-        c0 = process.cpuUsage();
-        t0 = performance.now();
-      },
-      stop: () => {
-        const wall = (performance.now() - t0) / 1000;
-        const c = process.cpuUsage(c0);
-        out = {
-          agentCpu: (procCpuSeconds(agentPid) - a0) / wall,
-          storageCpu: (procCpuSeconds(storagePid) - s0) / wall,
-          clientCpu: (c.user + c.system) / 1e6 / wall,
-        };
-      },
-    },
-    result: () => out,
-  };
-}
 
 // ---------------------------------------------------------------- the cluster and its VMs
 
