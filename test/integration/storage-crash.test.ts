@@ -758,7 +758,8 @@ describe('storage-sim durability under kill -9 (real process)', function () {
       expect(c.lunsVerified, 'LUN checks').to.be.greaterThan(20);
       expect(c.goneVerified, 'deleted-LUN checks').to.be.greaterThan(0);
       expect(c.writtenSectorsVerified, 'written sectors checked').to.be.greaterThan(10_000);
-      expect(c.inFlightRetried, 'in-flight requests retried').to.be.greaterThan(3);
+      // How many were in flight at each kill is up to timing; at least one must have been retried.
+      expect(c.inFlightRetried, 'in-flight requests retried').to.be.at.least(1);
       expect(c.replays, 'acknowledged requests replayed').to.be.greaterThan(30);
       expect(await h.sim!.stop(), 'exit code of a graceful stop').to.equal(0);
     } catch (err) {
