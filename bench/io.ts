@@ -59,7 +59,7 @@ import {
 } from '../proto/gen/passthru/host/v1/host.js';
 import { StorageArrayServiceClient } from '../proto/gen/passthru/storage/v1/storage.js';
 import { cpuWindow, startService, type Service } from './processes.js';
-import { closedLoop, fmt, formatTable, percentile, repoRoot, writeResults, type Measured } from './report.js';
+import { closedLoop, fmt, formatTable, percentile, repoRoot, writeResults, type Measured, usageError, phaseSeconds, runBench } from './report.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -248,10 +248,6 @@ function summary(values: number[]): { n: number; p50Ms: number; p99Ms: number; m
 
 // ---------------------------------------------------------------- the benchmark
 
-function usageError(message: string): Error {
-  return Object.assign(new Error(message), { name: 'UsageError' });
-}
-
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -265,10 +261,7 @@ async function main(): Promise<void> {
       'agent-cpu-prof': { type: 'string' },
     },
   });
-  const seconds = Number(values.seconds);
-  if (!(seconds > 0)) throw usageError(`--seconds ${values.seconds}: give a positive number of seconds per phase`);
-  const warmupSeconds = values.warmup !== undefined ? Number(values.warmup) : Math.min(1, Math.max(0.5, seconds / 3));
-  if (!(warmupSeconds >= 0)) throw usageError(`--warmup ${values.warmup}: give a number of seconds, 0 or more`);
+  const { seconds, warmupSeconds } = phaseSeconds(values);
   let only: RegExp | undefined;
   try {
     only = values.only ? new RegExp(values.only, 'i') : undefined;
@@ -949,8 +942,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((err: unknown) => {
-  const usage = err instanceof Error && (err.name === 'UsageError' || String((err as NodeJS.ErrnoException).code).startsWith('ERR_PARSE_ARGS'));
-  process.stderr.write(`bench failed: ${err instanceof Error ? (usage ? err.message : (err.stack ?? err.message)) : String(err)}\n`);
-  process.exitCode = usage ? 2 : 1;
-});
+runBench(main);

@@ -55,7 +55,7 @@ import {
   type WatchOperationResponse,
 } from '../proto/gen/passthru/host/v1/host.js';
 import { cpuWindow, startService, type Service } from './processes.js';
-import { closedLoop, fmt, formatTable, percentile, repoRoot, writeResults, type Measured } from './report.js';
+import { closedLoop, fmt, formatTable, percentile, repoRoot, writeResults, type Measured, usageError, phaseSeconds, runBench } from './report.js';
 
 const MiB = 1024 * 1024;
 /** Every disk the benchmark makes: small, so the array's pool never limits it. */
@@ -269,10 +269,6 @@ function untilDone(vm: GuestVm, first: Operation | undefined, what: string): Pro
 
 // ---------------------------------------------------------------- the benchmark
 
-function usageError(message: string): Error {
-  return Object.assign(new Error(message), { name: 'UsageError' });
-}
-
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -287,10 +283,7 @@ async function main(): Promise<void> {
       'host-agent': { type: 'string' },
     },
   });
-  const seconds = Number(values.seconds);
-  if (!(seconds > 0)) throw usageError(`--seconds ${values.seconds}: give a positive number of seconds per phase`);
-  const warmupSeconds = values.warmup !== undefined ? Number(values.warmup) : Math.min(1, Math.max(0.5, seconds / 3));
-  if (!(warmupSeconds >= 0)) throw usageError(`--warmup ${values.warmup}: give a number of seconds, 0 or more`);
+  const { seconds, warmupSeconds } = phaseSeconds(values);
   if (values.sharing !== 'shared' && values.sharing !== 'dedicated') {
     throw usageError(`--sharing ${values.sharing}: give shared or dedicated`);
   }
@@ -869,8 +862,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((err: unknown) => {
-  const usage = err instanceof Error && (err.name === 'UsageError' || String((err as NodeJS.ErrnoException).code).startsWith('ERR_PARSE_ARGS'));
-  process.stderr.write(`bench failed: ${err instanceof Error ? (usage ? err.message : (err.stack ?? err.message)) : String(err)}\n`);
-  process.exitCode = usage ? 2 : 1;
-});
+runBench(main);

@@ -126,3 +126,26 @@ export function procCpuSeconds(pid: number): number {
     return Number.NaN;
   }
 }
+
+/** A bad command line: reported without a stack, exit code 2. */
+export function usageError(message: string): Error {
+  return Object.assign(new Error(message), { name: 'UsageError' });
+}
+
+/** --seconds per measured phase and --warmup (default a third of it, 0.5-1 s), checked. */
+export function phaseSeconds(values: { seconds?: string; warmup?: string }): { seconds: number; warmupSeconds: number } {
+  const seconds = Number(values.seconds);
+  if (!(seconds > 0)) throw usageError(`--seconds ${values.seconds}: give a positive number of seconds per phase`);
+  const warmupSeconds = values.warmup !== undefined ? Number(values.warmup) : Math.min(1, Math.max(0.5, seconds / 3));
+  if (!(warmupSeconds >= 0)) throw usageError(`--warmup ${values.warmup}: give a number of seconds, 0 or more`);
+  return { seconds, warmupSeconds };
+}
+
+/** Runs a benchmark's main: a usage error exits 2 with its message, anything else 1 with its stack. */
+export function runBench(main: () => Promise<void>): void {
+  main().catch((err: unknown) => {
+    const usage = err instanceof Error && (err.name === 'UsageError' || String((err as NodeJS.ErrnoException).code).startsWith('ERR_PARSE_ARGS'));
+    process.stderr.write(`bench failed: ${err instanceof Error ? (usage ? err.message : (err.stack ?? err.message)) : String(err)}\n`);
+    process.exitCode = usage ? 2 : 1;
+  });
+}

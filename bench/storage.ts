@@ -35,7 +35,7 @@ import {
   Provisioning,
   StorageArrayServiceClient,
 } from '../proto/gen/passthru/storage/v1/storage.js';
-import { closedLoop, fmt, formatTable, repoRoot, writeResults, type Measured, procCpuSeconds } from './report.js';
+import { closedLoop, fmt, formatTable, repoRoot, writeResults, type Measured, procCpuSeconds, phaseSeconds, runBench } from './report.js';
 
 const MiB = 1024 * 1024;
 /** Block I/O wraps around this much of the LUN (and of the local file), so the page cache holds it. */
@@ -131,10 +131,6 @@ function cpuWindow(pid: number): { window: { start(): void; stop(): void }; resu
 
 // ---------------------------------------------------------------- the benchmark
 
-function usageError(message: string): Error {
-  return Object.assign(new Error(message), { name: 'UsageError' });
-}
-
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -146,10 +142,7 @@ async function main(): Promise<void> {
       tmp: { type: 'string' },
     },
   });
-  const seconds = Number(values.seconds);
-  if (!(seconds > 0)) throw usageError(`--seconds ${values.seconds}: give a positive number of seconds per phase`);
-  const warmupSeconds = values.warmup !== undefined ? Number(values.warmup) : Math.min(1, Math.max(0.5, seconds / 3));
-  if (!(warmupSeconds >= 0)) throw usageError(`--warmup ${values.warmup}: give a number of seconds, 0 or more`);
+  const { seconds, warmupSeconds } = phaseSeconds(values);
   const only = values.only ? new RegExp(values.only, 'i') : undefined;
 
   const root = repoRoot();
@@ -350,8 +343,4 @@ async function main(): Promise<void> {
   if (missed.length > 0) process.stdout.write(`aims missed: ${missed.map((r) => `${r.name} x${r.concurrency}`).join(', ')}\n`);
 }
 
-main().catch((err: unknown) => {
-  const usage = err instanceof Error && (err.name === 'UsageError' || String((err as NodeJS.ErrnoException).code).startsWith('ERR_PARSE_ARGS'));
-  process.stderr.write(`bench failed: ${err instanceof Error ? (usage ? err.message : (err.stack ?? err.message)) : String(err)}\n`);
-  process.exitCode = usage ? 2 : 1;
-});
+runBench(main);

@@ -239,3 +239,13 @@ export function formatFields(pairs: [string, string][]): string {
 /** '-' for nothing. */
 export const dash = (s: string | null | undefined): string => (s === null || s === undefined || s === '' ? '-' : s);
 export const yesNo = (b: boolean): string => (b ? 'yes' : 'no');
+
+/** Runs a program's command line; what escapes its commands is printed plainly, exit code 1. */
+export async function runProgram(name: string, program: Command, argv: string[]): Promise<void> {
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    process.stderr.write(`${name}: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exitCode = 1;
+  }
+}

@@ -103,6 +103,20 @@ export class PermissionDeniedError extends DomainError {
   }
 }
 
+/**
+ * A failure with no meaning in DESIGN.md's table (a dependency's INTERNAL, UNKNOWN, ...)
+ * whose message is still safe and useful to show as it is: the dependency's own words.
+ */
+export class ReportableError extends Error {
+  constructor(
+    message: string,
+    readonly reason: string,
+  ) {
+    super(message);
+    this.name = 'ReportableError';
+  }
+}
+
 export function isDomainError(err: unknown): err is DomainError {
   return err instanceof DomainError;
 }

@@ -2,7 +2,20 @@ import { Metadata, status as Code, type ServiceError, type StatusObject } from '
 import { Any } from '../proto/gen/google/protobuf/any.js';
 import { Status } from '../proto/gen/google/rpc/status.js';
 import { BadRequest, ErrorInfo, ResourceInfo, RetryInfo } from '../proto/gen/google/rpc/error_details.js';
-import { DomainError, isDomainError, type ErrorKind } from './errors.js';
+import {
+  AbortedError,
+  AlreadyExistsError,
+  DomainError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  isDomainError,
+  NotFoundError,
+  PermissionDeniedError,
+  ReportableError,
+  ResourceExhaustedError,
+  UnavailableError,
+  type ErrorKind,
+} from './errors.js';
 import type { Logger } from './logging.js';
 
 /** The one mapping from domain errors to gRPC status (DESIGN.md, "Errors"). */
@@ -117,4 +130,41 @@ export function statusDetails(err: ServiceError): StatusDetails {
     } else if (type === 'google.rpc.BadRequest') out.fieldViolations.push(...BadRequest.decode(d.value).fieldViolations);
   }
   return out;
+}
+
+/**
+ * The way back (client side): a dependency's status as a domain error, its message kept and
+ * attributed to the dependency, its google.rpc details (reason, field, retry delay) carried
+ * over. UNAVAILABLE and DEADLINE_EXCEEDED both mean it cannot be reached; a code with no
+ * domain meaning becomes a ReportableError.
+ */
+export function fromStatus(err: ServiceError, from: { source: string; reasonPrefix: string; endpoint: string; method: string }): Error {
+  const d = statusDetails(err);
+  const name = Code[err.code] ?? String(err.code);
+  const msg = `${from.source}: ${err.details || err.message}`;
+  const reason = d.reason ?? `${from.reasonPrefix}_${name}`;
+  switch (err.code) {
+    case Code.INVALID_ARGUMENT:
+      return new InvalidArgumentError(d.fieldViolations[0]?.field ?? from.method, msg, reason);
+    case Code.NOT_FOUND:
+      return Object.assign(new NotFoundError(`${from.source} object`, from.method, msg), { reason });
+    case Code.ALREADY_EXISTS:
+      return Object.assign(new AlreadyExistsError(`${from.source} object`, from.method, msg), { reason });
+    case Code.FAILED_PRECONDITION:
+      return new FailedPreconditionError(msg, reason);
+    case Code.RESOURCE_EXHAUSTED:
+      return new ResourceExhaustedError(msg, reason, d.retryAfterMs);
+    case Code.ABORTED:
+      return new AbortedError(msg, reason);
+    case Code.PERMISSION_DENIED:
+      return new PermissionDeniedError(msg, reason);
+    case Code.UNAVAILABLE:
+    case Code.DEADLINE_EXCEEDED:
+      return new UnavailableError(
+        `${from.source} at ${from.endpoint} cannot be reached (${from.method}: ${err.details || name}); retry later`,
+        `${from.reasonPrefix}_UNAVAILABLE`,
+      );
+    default:
+      return new ReportableError(`${from.source}: ${from.method} failed with ${name}: ${err.details || 'no details'}`, `${from.reasonPrefix}_${name}`);
+  }
 }

@@ -29,6 +29,7 @@ import type {
   OperationParams,
   OperationRecord,
   OperationStateName,
+  RequestRecord,
   ResourceRecord,
   Sharing,
   VmRecord,
@@ -278,13 +279,19 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
   // ---------------------------------------------------------------- operations
 
   /** The first answer to a request id, or undefined; a reused id with other parameters is refused. */
-  private replay(scope: Scope, requestId: string, fp: string): OperationRecord | undefined {
+  /** What a request id recorded, if anything; the same id with another request's fingerprint is refused. */
+  private recorded(scope: Scope, requestId: string, fp: string): RequestRecord | undefined {
     const rec = this.state.requests.get(requestKey(scopeKey(scope), requestId));
-    if (!rec) return undefined;
-    if (rec.fingerprint !== fp) {
+    if (rec && rec.fingerprint !== fp) {
       throw new InvalidArgumentError('request_id', `request_id ${requestId} was used for a different request: use a new request id for a new request`, 'REQUEST_ID_REUSED');
     }
-    return rec.opId ? this.state.operations.get(rec.opId) : undefined;
+    return rec;
+  }
+
+  /** The operation a request id started, if any. */
+  private replay(scope: Scope, requestId: string, fp: string): OperationRecord | undefined {
+    const rec = this.recorded(scope, requestId, fp);
+    return rec?.opId ? this.state.operations.get(rec.opId) : undefined;
   }
 
   private draft(kind: OperationKindName, scope: Scope, requestId: string, vmId: string, mount: DrivePath | undefined, params: OperationParams): OperationRecord {
@@ -696,14 +703,8 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
   private adminChange<R>(requestId: string, method: string, params: unknown, change: () => R): R {
     checkRequestId(requestId);
     const fp = fingerprint(method, params);
-    const key = requestKey('admin', requestId);
-    const rec = this.state.requests.get(key);
-    if (rec) {
-      if (rec.fingerprint !== fp) {
-        throw new InvalidArgumentError('request_id', `request_id ${requestId} was used for a different request: use a new request id for a new request`, 'REQUEST_ID_REUSED');
-      }
-      return rec.reply as R;
-    }
+    const rec = this.recorded('admin', requestId, fp);
+    if (rec) return rec.reply as R;
     return this.state.transact(() => {
       const reply = change();
       this.state.requests.put({ scope: 'admin', requestId, fingerprint: fp, reply, createMs: Date.now() });
@@ -715,14 +716,8 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
   async adminChangeAsync<R>(requestId: string, method: string, params: unknown, change: () => Promise<R>): Promise<R> {
     checkRequestId(requestId);
     const fp = fingerprint(method, params);
-    const key = requestKey('admin', requestId);
-    const rec = this.state.requests.get(key);
-    if (rec) {
-      if (rec.fingerprint !== fp) {
-        throw new InvalidArgumentError('request_id', `request_id ${requestId} was used for a different request: use a new request id for a new request`, 'REQUEST_ID_REUSED');
-      }
-      return rec.reply as R;
-    }
+    const rec = this.recorded('admin', requestId, fp);
+    if (rec) return rec.reply as R;
     const reply = await change();
     this.state.transact(() => this.state.requests.put({ scope: 'admin', requestId, fingerprint: fp, reply, createMs: Date.now() }));
     return reply;

@@ -1,4 +1,5 @@
 /** host-agent: `serve` runs the host side of passthru for a whole cluster (the embedded default). */
+import { runProgram } from '../common/cli.js';
 import { Command, Option } from 'commander';
 import { addAdminCommands } from './admin-cli.js';
 
@@ -62,11 +63,6 @@ export function buildProgram(): Command {
   return program;
 }
 
-export async function main(argv: string[]): Promise<void> {
-  try {
-    await buildProgram().parseAsync(argv);
-  } catch (err) {
-    process.stderr.write(`host-agent: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exitCode = 1;
-  }
+export function main(argv: string[]): Promise<void> {
+  return runProgram('host-agent', buildProgram(), argv);
 }

@@ -1,4 +1,5 @@
 /** storage-sim: `serve` runs the array; the other commands are its admin CLI over gRPC. */
+import { runProgram } from '../common/cli.js';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { parseSize } from '../common/size.js';
 import { addAdminCommands } from './admin-cli.js';
@@ -55,11 +56,6 @@ export function buildProgram(): Command {
   return program;
 }
 
-export async function main(argv: string[]): Promise<void> {
-  try {
-    await buildProgram().parseAsync(argv);
-  } catch (err) {
-    process.stderr.write(`storage-sim: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exitCode = 1;
-  }
+export function main(argv: string[]): Promise<void> {
+  return runProgram('storage-sim', buildProgram(), argv);
 }

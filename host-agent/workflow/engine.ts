@@ -14,7 +14,7 @@
  * - At start-up, operations left running are rolled back before their commit point and
  *   forward after it.
  */
-import { DomainError } from '../../common/errors.js';
+import { DomainError, ReportableError } from '../../common/errors.js';
 import type { Logger } from '../../common/logging.js';
 import type { OperationRecord, StepRecord, StepStateName } from '../model.js';
 import type { HostState } from '../state.js';
@@ -85,16 +85,6 @@ export interface BackoffPolicy {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** An error whose message is safe and useful to show a caller as it is (a dependency's own words). */
-export class ReportableError extends Error {
-  constructor(
-    message: string,
-    readonly reason: string,
-  ) {
-    super(message);
-  }
-}
 
 export function errorOf(err: unknown): { kind: DomainError['kind'] | 'internal'; reason: string; message: string } {
   if (err instanceof DomainError) return { kind: err.kind, reason: err.reason, message: err.message };

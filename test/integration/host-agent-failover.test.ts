@@ -33,6 +33,7 @@ import {
 } from '../../proto/gen/passthru/host/v1/host.js';
 import { FaultTiming, OsType, Provisioning, type Lun, type LunMap } from '../../proto/gen/passthru/storage/v1/storage.js';
 import { startCluster, type TestCluster } from '../support/host-cluster.js';
+import { expectStatus } from '../support/status.js';
 
 const MiB = 1024 * 1024;
 const DISK_BYTES = 64 * MiB;
@@ -69,29 +70,6 @@ function pattern(length: number, seed: number): Buffer {
     b[i] = x & 0xff;
   }
   return b;
-}
-
-/** Awaits a call that must fail with this code; checks the ErrorInfo reason or a BadRequest field when given (any of them if a list). */
-async function expectStatus(call: Promise<unknown>, code: Code, fieldOrReason?: string | string[]): Promise<ServiceError> {
-  let err: ServiceError | undefined;
-  try {
-    await call;
-  } catch (e) {
-    err = e as ServiceError;
-  }
-  expect(err, `expected ${Code[code]}, but the call succeeded`).to.not.equal(undefined);
-  expect(Code[err!.code], err!.details).to.equal(Code[code]);
-  expect(err!.details, 'a message a person can act on').to.be.a('string').and.not.equal('');
-  if (fieldOrReason !== undefined) {
-    const d = statusDetails(err!);
-    const seen = [d.reason, ...d.fieldViolations.map((f) => f.field)];
-    const wanted = Array.isArray(fieldOrReason) ? fieldOrReason : [fieldOrReason];
-    expect(
-      seen.some((s) => s !== undefined && wanted.includes(s)),
-      `reason/field ${json(seen)} of "${err!.details}" names one of ${json(wanted)}`,
-    ).to.equal(true);
-  }
-  return err!;
 }
 
 function expectSucceeded(op: Operation): void {

@@ -29,6 +29,7 @@ import {
 } from '../../proto/gen/passthru/host/v1/host.js';
 import { FaultTiming, OsType, Provisioning, type Lun, type LunMap } from '../../proto/gen/passthru/storage/v1/storage.js';
 import { startCluster, type TestCluster } from '../support/host-cluster.js';
+import { expectStatus } from '../support/status.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -62,25 +63,6 @@ const createReq = (o: Partial<CreateDiskRequest>): CreateDiskRequest => ({
 const stateName = (s: OperationState): string => OperationState[s] ?? String(s);
 const stepStateName = (s: StepState): string => StepState[s] ?? String(s);
 const eventKindName = (k: StepEventKind): string => StepEventKind[k] ?? String(k);
-
-/** Awaits a call that must fail with this code; checks the ErrorInfo reason or BadRequest field when given. */
-async function expectStatus(call: Promise<unknown>, code: Code, fieldOrReason?: string): Promise<ServiceError> {
-  let err: ServiceError | undefined;
-  try {
-    await call;
-  } catch (e) {
-    err = e as ServiceError;
-  }
-  expect(err, `expected ${Code[code]}, but the call succeeded`).to.not.equal(undefined);
-  expect(Code[err!.code], err!.details).to.equal(Code[code]);
-  expect(err!.details, 'a message a person can act on').to.be.a('string').and.not.equal('');
-  if (fieldOrReason !== undefined) {
-    const d = statusDetails(err!);
-    const seen = [d.reason, ...d.fieldViolations.map((f) => f.field)];
-    expect(seen, `reason/field of: ${err!.details}`).to.include(fieldOrReason);
-  }
-  return err!;
-}
 
 function stepsOf(op: Operation): { name: string; state: string; message: string }[] {
   return op.steps.map((s) => ({ name: s.name, state: stepStateName(s.state), message: s.message }));

@@ -38,6 +38,7 @@ import {
 } from '../../proto/gen/passthru/storage/v1/storage.js';
 import { serveArray, type ServeArrayOptions, type ServingArray } from '../../storage-sim/serve.js';
 import { arrayState } from '../support/array-state.js';
+import { expectStatus } from '../support/status.js';
 
 const MiB = 1024 * 1024;
 const A = 'iqn.1991-05.com.microsoft:node-a';
@@ -142,20 +143,6 @@ const injectReq = (o: Partial<InjectFaultRequest>): InjectFaultRequest => ({
   timing: FaultTiming.FAULT_TIMING_UNSPECIFIED,
   ...o,
 });
-
-/** Awaits a call that must fail with this code (and message); returns the error. */
-async function expectStatus(call: Promise<unknown>, code: Code, message?: RegExp): Promise<ServiceError> {
-  let err: ServiceError | undefined;
-  try {
-    await call;
-  } catch (e) {
-    err = e as ServiceError;
-  }
-  expect(err, `expected ${Code[code]}, but the call succeeded`).to.not.equal(undefined);
-  expect(Code[err!.code], err!.details).to.equal(Code[code]);
-  if (message) expect(err!.details).to.match(message);
-  return err!;
-}
 
 function pattern(length: number, seed: number): Buffer {
   const b = Buffer.alloc(length);
