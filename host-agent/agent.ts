@@ -241,6 +241,7 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
 
   async close(graceMs = 2000): Promise<void> {
     for (const t of this.timers) clearTimeout(t);
+    this.failover.stop();
     await this.engine.drain(graceMs);
     this.array.close();
     this.state.close();

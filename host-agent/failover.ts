@@ -73,8 +73,49 @@ export class Failover {
       this.logger.warn('node failed', { node: name });
     }
     const settled = await this.settle(name);
-    const moves = await this.evacuate(name);
+    const moves = await this.finishingLater(() => this.evacuate(name));
     return { node: this.state.nodes.get(name)!, moves, settled };
+  }
+
+  private retry: NodeJS.Timeout | undefined;
+  private stopped = false;
+
+  /**
+   * Runs a move; if it fails (the array down while fencing), the caller hears why, and the
+   * move, journaled as under way, is finished in the background as soon as it can be:
+   * a failover is never left half done waiting for someone to ask again.
+   */
+  private async finishingLater<R>(move: () => Promise<R>): Promise<R> {
+    try {
+      return await move();
+    } catch (err) {
+      this.retryInBackground(200);
+      throw err;
+    }
+  }
+
+  private retryInBackground(delayMs: number): void {
+    if (this.retry || this.stopped) return;
+    this.retry = setTimeout(() => {
+      this.resume().then(
+        () => {
+          this.retry = undefined;
+          this.logger.info('finished moves that had failed');
+        },
+        (err: unknown) => {
+          this.retry = undefined;
+          this.logger.warn('moves still cannot finish; retrying', { error: err instanceof Error ? err.message : String(err), retryInMs: delayMs });
+          this.retryInBackground(Math.min(delayMs * 2, 5000));
+        },
+      );
+    }, delayMs);
+    this.retry.unref();
+  }
+
+  /** No more background retries (the agent is closing; a restart resumes what is left). */
+  stop(): void {
+    this.stopped = true;
+    if (this.retry) clearTimeout(this.retry);
   }
 
   /** In-flight operations of the node's VMs: rolled back before their commit point, forward after. */
@@ -191,7 +232,7 @@ export class Failover {
         if (o.vmId === vm.id) throw new AbortedError(`operation ${o.id} is in flight on VM ${vm.id}: wait for it to end, then move the group`, 'OPERATION_IN_FLIGHT');
       }
     }
-    return this.move(g, to);
+    return this.finishingLater(() => this.move(g, to));
   }
 
   async recoverNode(name: string): Promise<{ node: NodeRecord; started: string[] }> {

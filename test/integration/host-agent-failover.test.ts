@@ -1166,6 +1166,72 @@ describe('host-agent failover and pass-through block I/O over gRPC', function ()
     });
   });
 
+  // ============================================================ the array down
+  describe('the array down during a failover, a move or block I/O', () => {
+    /** Waits until CheckInvariants is empty (a move finishing in the background), or fails with the last violations. */
+    async function quiet(what: string): Promise<void> {
+      const end = Date.now() + 15_000;
+      for (;;) {
+        // CheckInvariants reads the array too: while it is down that is UNAVAILABLE, and we wait.
+        const v = await c.violations().catch((err: ServiceError) => {
+          if (err.code !== Code.UNAVAILABLE) throw err;
+          return [{ kind: 'ARRAY_DOWN', subject: '', description: err.details }];
+        });
+        const moving = (await groups(c)).some((g) => g.vmId === 'vm1' && g.ownerNode === 'node1');
+        if (v.length === 0 && !moving) return;
+        if (Date.now() > end) throw new Error(`${what}: ${json(v)}`);
+        await sleep(50);
+      }
+    }
+
+    it('FailNode while the array cannot be reached is UNAVAILABLE; vm1\'s I/O is refused meanwhile (UNAVAILABLE) and changes nothing; once the array is back the failover finishes by itself: vm1 on a survivor, its disk reserved there, node1 fenced, data intact, no violations', async () => {
+      const e = await create(c, 'vm1', 'E:');
+      const w = await writeSome(c, 'vm1', e, 1000);
+      await c.faults.setUnavailable({ durationMs: 1500 });
+      await expectStatus(c.admin.failNode({ requestId: rid('fail'), node: 'node1' }), Code.UNAVAILABLE, 'ARRAY_UNAVAILABLE');
+      expect((await nodeStates(c)).node1).to.equal('NODE_STATE_DOWN');
+      await expectStatus(write(c, 'vm1', addressOf(e), 0, pattern(512, 1)), Code.UNAVAILABLE);
+      await quiet('after the array came back');
+      const vm = (await c.guest('vm1').getSelf({})).vm!;
+      expect(vm.node).to.not.equal('node1');
+      expect(VmState[vm.state]).to.equal('VM_STATE_RUNNING');
+      const pr = await reservation(c, e.result!.serial);
+      expect(pr.holder).to.equal(INITIATOR[vm.node]);
+      expect(pr.registrations.map((r) => r.initiator)).to.not.include(INITIATOR.node1);
+      await expectStatus(
+        c.storage.writeBlocks({ requestId: '', lun: e.result!.serial, initiator: INITIATOR.node1!, offsetBytes: 0n, data: pattern(512, 2) }),
+        Code.FAILED_PRECONDITION,
+        'RESERVATION_CONFLICT',
+      );
+      await expectWritten(c, w, 'vm1 after the delayed failover');
+    });
+
+    it('MoveGroup while the array cannot be reached is UNAVAILABLE; new operations on the VM are ABORTED while the move is under way; the move finishes by itself once the array is back, with the same fencing', async () => {
+      const e = await create(c, 'vm1', 'E:');
+      const w = await writeSome(c, 'vm1', e, 1100);
+      await c.faults.setUnavailable({ durationMs: 1500 });
+      await expectStatus(c.admin.moveGroup({ requestId: rid('move'), group: 'Virtual Machine web1', node: 'node3' }), Code.UNAVAILABLE, 'ARRAY_UNAVAILABLE');
+      await expectStatus(c.guest('vm1').createDisk(createReq('F:')), Code.ABORTED, 'VM_MOVING');
+      await quiet('after the array came back');
+      expect((await c.guest('vm1').getSelf({})).vm!.node).to.equal('node3');
+      const pr = await reservation(c, e.result!.serial);
+      expect(pr.holder).to.equal(INITIATOR.node3);
+      expect(pr.registrations.map((r) => r.initiator)).to.deep.equal([INITIATOR.node3]);
+      await expectWritten(c, w, 'vm1 after the delayed move');
+    });
+
+    it('ReadDisk and WriteDisk while the array cannot be reached are UNAVAILABLE after the retries, and the bytes on the disk are those written before', async () => {
+      const e = await create(c, 'vm2', '/mnt/io');
+      const w = await writeSome(c, 'vm2', e, 1200);
+      await c.faults.setUnavailable({ durationMs: 1000 });
+      await expectStatus(write(c, 'vm2', addressOf(e), 0, pattern(4096, 7), rid('w')), Code.UNAVAILABLE, 'ARRAY_UNAVAILABLE');
+      await expectStatus(read(c, 'vm2', addressOf(e), 0, 4096), Code.UNAVAILABLE, 'ARRAY_UNAVAILABLE');
+      await sleep(1100);
+      await expectWritten(c, w, 'vm2 after the array came back');
+      expect(await c.violations()).to.deep.equal([]);
+    });
+  });
+
   // ============================================================ restart
   describe('a restart after FailNode', () => {
     it('after FailNode(node1) and FailNode(node2) a restarted host agent shows the same VM nodes, group owners and down nodes, CheckInvariants is empty, and the VMs read their data', async () => {
