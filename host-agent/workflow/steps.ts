@@ -74,6 +74,11 @@ function nodesFor(ctx: Ctx): string[] {
   return [...ctx.env.state.nodes.values()].map((n) => n.name).sort();
 }
 
+/** Unmaps the LUN from the nodes' igroups, all at once; unmapping what is not mapped succeeds. */
+function unmapFrom(ctx: Ctx, lun: LunRef, nodes: readonly string[], idSuffix = ''): Promise<unknown> {
+  return Promise.all(nodes.map((n) => ctx.env.array.unmapLun({ requestId: ctx.requestId(`unmap:${n}${idSuffix}`), lun: lun.uuid, igroup: n })));
+}
+
 const skipUnlessCreate = (ctx: Ctx): string | undefined => (ctx.op.kind === 'create_disk' ? undefined : 'the LUN exists already');
 
 // ---------------------------------------------------------------- shared steps
@@ -103,7 +108,7 @@ export const lunMap: Step = {
         // Something passthru did not map holds that id on a node: give back what we
         // mapped at it, and choose again.
         lunIds.takenOnArray(nodes[taken]!, lunId);
-        await Promise.all(nodes.map((n) => array.unmapLun({ requestId: ctx.requestId(`unmap:${n}:${lunId}`), lun: lun.uuid, igroup: n })));
+        await unmapFrom(ctx, lun, nodes, `:${lunId}`);
         ctx.journal(() => learn(ctx, { lunId: undefined }));
         ctx.note(`LUN id ${lunId} is taken on node ${nodes[taken]} by a map passthru did not make; choosing another`);
         continue;
@@ -116,11 +121,11 @@ export const lunMap: Step = {
     }
   },
   async undo(ctx) {
-    const { array, lunIds, state } = ctx.env;
+    const { lunIds, state } = ctx.env;
     const lun = ctx.op.data.lun;
     if (!lun) return;
     const nodes = nodesFor(ctx);
-    await Promise.all(nodes.map((n) => array.unmapLun({ requestId: ctx.requestId(`unmap:${n}`), lun: lun.uuid, igroup: n })));
+    await unmapFrom(ctx, lun, nodes);
     const node = localNode(ctx);
     return () => {
       state.hostDisks.delete(`${node}/${lun.serial}`);
@@ -177,7 +182,7 @@ export const lunUnmap: Step = {
   async do(ctx) {
     const lun = lunOf(ctx);
     const nodes = ctx.op.data.nodes ?? [];
-    await Promise.all(nodes.map((n) => ctx.env.array.unmapLun({ requestId: ctx.requestId(`unmap:${n}`), lun: lun.uuid, igroup: n })));
+    await unmapFrom(ctx, lun, nodes);
     return () => {
       for (const h of ctx.env.state.hostDisksOfSerial(lun.serial)) ctx.env.state.hostDisks.delete(`${h.node}/${h.serial}`);
       const r = ctx.env.state.resources.get(lun.serial);
