@@ -1220,6 +1220,22 @@ describe('host-agent failover and pass-through block I/O over gRPC', function ()
       await expectWritten(c, w, 'vm1 after the delayed move');
     });
 
+    it('RecoverNode while the array cannot be reached is UNAVAILABLE and the non-HA VM stays off with its disk Offline; RecoverNode again once the array is back starts it with its disk Online and its data, no violations', async () => {
+      const d = await create(c, 'vm3', 'D:', { sharing: DiskSharing.DISK_SHARING_DEDICATED });
+      const w = await writeSome(c, 'vm3', d, 1300);
+      await c.admin.failNode({ requestId: rid('fail'), node: 'node2' });
+      await c.faults.setUnavailable({ durationMs: 1000 });
+      await expectStatus(c.admin.recoverNode({ requestId: rid('recover'), node: 'node2' }), Code.UNAVAILABLE, 'ARRAY_UNAVAILABLE');
+      const vm3 = (await c.admin.listVms({ node: '' })).vms.find((v) => v.id === 'vm3')!;
+      expect(VmState[vm3.state]).to.equal('VM_STATE_OFF');
+      expect((await group(c, vm3.group)).resources.map((r) => ResourceState[r.state])).to.deep.equal(['RESOURCE_STATE_OFFLINE']);
+      await sleep(1100);
+      expect((await c.admin.recoverNode({ requestId: rid('recover'), node: 'node2' })).startedVms).to.deep.equal(['vm3']);
+      expect((await group(c, vm3.group)).resources.map((r) => ResourceState[r.state])).to.deep.equal(['RESOURCE_STATE_ONLINE']);
+      await expectWritten(c, w, 'vm3 after RecoverNode');
+      expect(await c.violations()).to.deep.equal([]);
+    });
+
     it('ReadDisk and WriteDisk while the array cannot be reached are UNAVAILABLE after the retries, and the bytes on the disk are those written before', async () => {
       const e = await create(c, 'vm2', '/mnt/io');
       const w = await writeSome(c, 'vm2', e, 1200);

@@ -5,11 +5,13 @@
 import { expect } from 'chai';
 import { DomainError, InvalidArgumentError } from '../../common/errors.js';
 import { parseDrivePath } from '../../common/drive-path.js';
+import { silentLogger } from '../../common/logging.js';
 import { reservationKey } from '../../host-agent/array.js';
 import { parseClusterFile } from '../../host-agent/cluster-file.js';
 import { LunIds, MAX_LUN_ID } from '../../host-agent/lun-ids.js';
 import type { OperationRecord } from '../../host-agent/model.js';
 import { availableDiskName, diskResourceName, lunComment, lunPathFor, newOperationId, temporaryGroupName, unique } from '../../host-agent/names.js';
+import { crashHook } from '../../host-agent/serve.js';
 import { HostState } from '../../host-agent/state.js';
 import { MemoryStore } from '../../host-agent/store.js';
 
@@ -304,5 +306,24 @@ describe('host-agent names', () => {
     expect(k, 'never the all-zero key, which means unregister').to.not.match(/^0+$/);
     // Pinned: a key that changed between versions would lock a node out of its own reservations after an upgrade.
     expect(k).to.equal('ead8b5639fcdfdd7');
+  });
+});
+
+describe('host-agent --crash-at (the test setting that names a step)', () => {
+  it('takes [kind:]step[@point] naming a real step, and refuses a step no workflow has, a point that is not before/during/after, or garbage, naming the setting', () => {
+    const quiet = silentLogger();
+    for (const ok of ['lun.map', 'create_disk:lun.map@during', 'remove_disk:scsi.detach@after', 'resource.online@before']) {
+      expect(() => crashHook(ok, quiet), ok).to.not.throw();
+    }
+    for (const bad of ['lun.mapp', 'lun.map@later', 'create_disk:', '', 'LUN.MAP', 'lun.map@during@after']) {
+      let err: unknown;
+      try {
+        crashHook(bad, quiet);
+      } catch (e) {
+        err = e;
+      }
+      expect(err, bad).to.be.instanceOf(InvalidArgumentError);
+      expect((err as InvalidArgumentError).field).to.equal('crash-at');
+    }
   });
 });
