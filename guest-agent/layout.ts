@@ -537,3 +537,66 @@ function readEntries(readExact: (offset: number, length: number, what: string) =
   if (crc32(entries) !== h.entriesCrc) foreign(`${which} GPT entry array CRC mismatch`);
   return entries;
 }
+
+// ---------------------------------------------------------------------------------------
+// Describing (what `disk show` prints)
+
+export interface GptDetails {
+  diskGuid: string;
+  primaryHeaderLba: number;
+  backupHeaderLba: number;
+  firstUsableLba: number;
+  lastUsableLba: number;
+  entryCount: number;
+  entrySize: number;
+  partition: {
+    /** 1-based, as sgdisk numbers partitions. */
+    number: number;
+    typeGuid: string;
+    typeName: string;
+    partitionGuid: string;
+    /** The GPT partition name (UTF-16LE on disk): the volume label. */
+    name: string;
+    firstLba: number;
+    lastLba: number;
+  };
+}
+
+const TYPE_NAMES: Readonly<Record<GuestOs, string>> = { windows: 'Microsoft basic data', linux: 'Linux filesystem' };
+
+/**
+ * The partition table's fields of a disk parseDiskLayout reads as passthru (undefined for
+ * any other disk), for people: GUIDs, usable range, the one partition's entry.
+ */
+export function describeGpt(read: (offset: number, length: number) => Buffer, diskBytes: number): GptDetails | undefined {
+  const parsed = parseDiskLayout(read, diskBytes);
+  if (parsed.kind !== 'passthru') return undefined;
+  // parseDiskLayout has checked every field read below: signatures, CRCs, ranges, one entry.
+  const h = read(SECTOR_BYTES, SECTOR_BYTES);
+  const entriesLba = Number(h.readBigUInt64LE(72));
+  const entryCount = h.readUInt32LE(80);
+  const entrySize = h.readUInt32LE(84);
+  const entries = read(entriesLba * SECTOR_BYTES, entryCount * entrySize);
+  let index = 0;
+  while (entries.subarray(index * entrySize, index * entrySize + 16).every((x) => x === 0)) index++;
+  const e = entries.subarray(index * entrySize, (index + 1) * entrySize);
+  const name = e.subarray(56, 56 + NAME_CODE_UNITS * 2).toString('utf16le').replace(/\0+$/, '');
+  return {
+    diskGuid: bytesToGuid(h.subarray(56, 72)),
+    primaryHeaderLba: Number(h.readBigUInt64LE(24)),
+    backupHeaderLba: Number(h.readBigUInt64LE(32)),
+    firstUsableLba: Number(h.readBigUInt64LE(40)),
+    lastUsableLba: Number(h.readBigUInt64LE(48)),
+    entryCount,
+    entrySize,
+    partition: {
+      number: index + 1,
+      typeGuid: bytesToGuid(e.subarray(0, 16)),
+      typeName: TYPE_NAMES[parsed.guestOs],
+      partitionGuid: bytesToGuid(e.subarray(16, 32)),
+      name,
+      firstLba: Number(e.readBigUInt64LE(32)),
+      lastLba: Number(e.readBigUInt64LE(40)),
+    },
+  };
+}

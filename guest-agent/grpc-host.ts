@@ -1,0 +1,292 @@
+/**
+ * The gRPC adapter of the guest's two seams: HostLink (GuestService's control plane) and the
+ * simulated guest's hardware (RescanBus, ReadDisk, WriteDisk), over the VM's own endpoint
+ * (a Unix socket, the stand-in for VMBus/vsock). Decode and encode only: proto messages in,
+ * the guest's plain types out, and every gRPC error turned into the domain error its status
+ * stands for, with the host's message as it is.
+ */
+import { Metadata, status as Code } from '@grpc/grpc-js';
+import { connect, type PromiseClient } from '../common/client.js';
+import {
+  AbortedError,
+  AlreadyExistsError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  PermissionDeniedError,
+  ReportableError,
+  ResourceExhaustedError,
+  UnavailableError,
+} from '../common/errors.js';
+import { isServiceError, statusDetails } from '../common/status.js';
+import {
+  DiskSharing,
+  GuestOs,
+  GuestServiceClient,
+  OperationKind,
+  OperationState as WireOperationState,
+  ResourceState,
+  StepEventKind as WireStepEventKind,
+  StepState as WireStepState,
+  VmState,
+  type Disk,
+  type Operation,
+  type ScsiAddress as WireAddress,
+  type WatchOperationResponse,
+} from '../proto/gen/passthru/host/v1/host.js';
+import type { BusDevice } from './guest-os.js';
+import {
+  HOST_UNREACHABLE,
+  type HostDisk,
+  type HostLink,
+  type OperationView,
+  type ScsiAddress,
+  type StepEventView,
+  type VmInfo,
+  type WatchUpdate,
+} from './host-link.js';
+import type { SimulatedHardware } from './sim-os.js';
+
+/** The domain error a status stands for, with the host's message unchanged. */
+export function errorOfStatus(code: number, message: string, reason: string, field = ''): Error {
+  switch (code) {
+    case Code.INVALID_ARGUMENT:
+      return new InvalidArgumentError(field, message, reason);
+    case Code.NOT_FOUND:
+      return Object.assign(new NotFoundError('host object', field, message), { reason });
+    case Code.ALREADY_EXISTS:
+      return Object.assign(new AlreadyExistsError('host object', field, message), { reason });
+    case Code.FAILED_PRECONDITION:
+      return new FailedPreconditionError(message, reason);
+    case Code.RESOURCE_EXHAUSTED:
+      return new ResourceExhaustedError(message, reason);
+    case Code.ABORTED:
+      return new AbortedError(message, reason);
+    case Code.PERMISSION_DENIED:
+    case Code.UNAUTHENTICATED:
+      return new PermissionDeniedError(message, reason);
+    case Code.UNAVAILABLE:
+    case Code.DEADLINE_EXCEEDED:
+      return new UnavailableError(message, reason);
+    default:
+      return new ReportableError(`${Code[code] ?? `status ${code}`}: ${message}`, reason);
+  }
+}
+
+/** A connection that failed or broke (no passthru server answered): grpc-js's own words. */
+const BROKEN = /No connection established|Connection dropped|ECONNREFUSED|ECONNRESET|ENOENT|EPIPE|RST_STREAM|Deadline exceeded|socket/i;
+
+/**
+ * A gRPC error as a domain error. The host attaches a reason (google.rpc.ErrorInfo) to every
+ * error it sends; an UNAVAILABLE or DEADLINE_EXCEEDED without one, or a broken stream, came
+ * from the connection, not from the host: HOST_UNREACHABLE.
+ */
+function hostError(err: unknown, endpoint: string, method: string): Error {
+  if (!isServiceError(err)) return err instanceof Error ? err : new Error(String(err));
+  const message = (err.details || err.message).replace(/\s*Resolution note:\s*$/, '').trimEnd();
+  let reason: string | undefined;
+  let field: string | undefined;
+  try {
+    const d = statusDetails(err);
+    reason = d.reason;
+    field = d.fieldViolations[0]?.field;
+  } catch {
+    // Details that do not decode say nothing more.
+  }
+  const connection = err.code === Code.UNAVAILABLE || err.code === Code.DEADLINE_EXCEEDED || ((err.code === Code.INTERNAL || err.code === Code.CANCELLED) && BROKEN.test(message));
+  if (reason === undefined && connection) {
+    return new UnavailableError(
+      `the host agent at ${endpoint} cannot be reached (${method}: ${message}): is it running, and is this the VM's endpoint? (--endpoint or $PASSTHRU_GUEST_ENDPOINT)`,
+      HOST_UNREACHABLE,
+    );
+  }
+  return errorOfStatus(err.code, message, reason ?? `HOST_${Code[err.code] ?? err.code}`, field);
+}
+
+const OS: Partial<Record<GuestOs, VmInfo['guestOs']>> = { [GuestOs.GUEST_OS_WINDOWS]: 'windows', [GuestOs.GUEST_OS_LINUX]: 'linux' };
+const KIND: Partial<Record<OperationKind, OperationView['kind']>> = {
+  [OperationKind.OPERATION_KIND_CREATE_DISK]: 'create_disk',
+  [OperationKind.OPERATION_KIND_CONNECT_DISK]: 'connect_disk',
+  [OperationKind.OPERATION_KIND_REMOVE_DISK]: 'remove_disk',
+};
+const OP_STATE: Record<number, OperationView['state']> = {
+  [WireOperationState.OPERATION_STATE_RUNNING]: 'running',
+  [WireOperationState.OPERATION_STATE_ROLLING_BACK]: 'rolling_back',
+  [WireOperationState.OPERATION_STATE_SUCCEEDED]: 'succeeded',
+  [WireOperationState.OPERATION_STATE_FAILED]: 'failed',
+};
+const STEP_STATE: Record<number, OperationView['steps'][number]['state']> = {
+  [WireStepState.STEP_STATE_PENDING]: 'pending',
+  [WireStepState.STEP_STATE_RUNNING]: 'running',
+  [WireStepState.STEP_STATE_DONE]: 'done',
+  [WireStepState.STEP_STATE_SKIPPED]: 'skipped',
+  [WireStepState.STEP_STATE_UNDOING]: 'undoing',
+  [WireStepState.STEP_STATE_UNDONE]: 'undone',
+  [WireStepState.STEP_STATE_FAILED]: 'failed',
+};
+const EVENT: Record<number, StepEventView['kind']> = {
+  [WireStepEventKind.STEP_EVENT_KIND_STARTED]: 'started',
+  [WireStepEventKind.STEP_EVENT_KIND_FINISHED]: 'finished',
+  [WireStepEventKind.STEP_EVENT_KIND_SKIPPED]: 'skipped',
+  [WireStepEventKind.STEP_EVENT_KIND_FAILED]: 'failed',
+  [WireStepEventKind.STEP_EVENT_KIND_UNDO_STARTED]: 'undo_started',
+  [WireStepEventKind.STEP_EVENT_KIND_UNDONE]: 'undone',
+};
+const RESOURCE_STATE: Record<number, string> = {
+  [ResourceState.RESOURCE_STATE_ONLINE]: 'online',
+  [ResourceState.RESOURCE_STATE_OFFLINE]: 'offline',
+  [ResourceState.RESOURCE_STATE_ONLINE_PENDING]: 'online_pending',
+  [ResourceState.RESOURCE_STATE_OFFLINE_PENDING]: 'offline_pending',
+  [ResourceState.RESOURCE_STATE_FAILED]: 'failed',
+};
+
+const address = (a: WireAddress | undefined): ScsiAddress => ({ controller: a?.controller ?? 0, location: a?.location ?? 0 });
+
+function toOperation(op: Operation | undefined): OperationView {
+  if (!op) throw new Error('the host answered without the operation');
+  const state = OP_STATE[op.state];
+  if (!state) throw new Error(`the host reported operation ${op.id} in an unknown state ${op.state}`);
+  return {
+    id: op.id,
+    kind: KIND[op.kind] ?? 'other',
+    mountPath: op.mountPath,
+    requestId: op.requestId,
+    state,
+    steps: op.steps.map((s) => ({ name: s.name, state: STEP_STATE[s.state] ?? 'pending', message: s.message, timeMs: (s.endTime ?? s.startTime)?.getTime() })),
+    ...(op.result
+      ? {
+          result: {
+            address: address(op.result.address),
+            serial: op.result.serial,
+            naaId: op.result.naaId,
+            lunId: op.result.lunId,
+            lunPath: op.result.lunPath,
+            sizeBytes: Number(op.result.sizeBytes),
+          },
+        }
+      : {}),
+    ...(op.error ? { error: errorOfStatus(op.error.code, op.error.message, `OPERATION_${Code[op.error.code] ?? op.error.code}`) } : {}),
+  };
+}
+
+function toDisk(d: Disk | undefined): HostDisk {
+  if (!d) throw new Error('the host answered without the disk');
+  return {
+    mountPath: d.mountPath,
+    serial: d.serial,
+    naaId: d.naaId,
+    sizeBytes: Number(d.sizeBytes),
+    address: address(d.address),
+    lunId: d.lunId,
+    lunPath: d.lunPath,
+    sharing: d.sharing === DiskSharing.DISK_SHARING_DEDICATED ? 'dedicated' : 'shared',
+    resource: d.resource,
+    resourceState: RESOURCE_STATE[d.resourceState] ?? 'unknown',
+    mounted: d.mounted,
+    volumeId: d.volumeId,
+    volumeLabel: d.volumeLabel,
+  };
+}
+
+export class GrpcHostLink implements HostLink, SimulatedHardware {
+  private client?: PromiseClient<GuestServiceClient>;
+
+  constructor(
+    readonly endpoint: string,
+    private readonly timeoutMs: number,
+  ) {}
+
+  private get guest(): PromiseClient<GuestServiceClient> {
+    this.client ??= connect(GuestServiceClient, this.endpoint, { timeoutMs: this.timeoutMs });
+    return this.client;
+  }
+
+  private async call<T>(method: string, body: (c: PromiseClient<GuestServiceClient>) => Promise<T>): Promise<T> {
+    try {
+      return await body(this.guest);
+    } catch (err) {
+      throw hostError(err, this.endpoint, method);
+    }
+  }
+
+  async self(): Promise<VmInfo> {
+    const vm = (await this.call('GetSelf', (c) => c.getSelf({}))).vm;
+    const guestOs = vm ? OS[vm.guestOs] : undefined;
+    if (!vm || !guestOs) throw new Error(`the host at ${this.endpoint} did not say which guest OS this VM runs`);
+    return { id: vm.id, name: vm.name, guestOs, ha: vm.ha, node: vm.node, running: vm.state === VmState.VM_STATE_RUNNING };
+  }
+
+  async createDisk(req: { requestId: string; mountPath: string; sizeBytes: number; sharing: 'shared' | 'dedicated' }): Promise<OperationView> {
+    const sharing = req.sharing === 'dedicated' ? DiskSharing.DISK_SHARING_DEDICATED : DiskSharing.DISK_SHARING_SHARED;
+    const r = await this.call('CreateDisk', (c) => c.createDisk({ requestId: req.requestId, mountPath: req.mountPath, sizeBytes: BigInt(req.sizeBytes), sharing }));
+    return toOperation(r.operation);
+  }
+
+  async connectDisk(req: { requestId: string; mountPath: string; lun: string }): Promise<OperationView> {
+    return toOperation((await this.call('ConnectDisk', (c) => c.connectDisk(req))).operation);
+  }
+
+  async removeDisk(req: { requestId: string; mountPath: string; deleteLun: boolean }): Promise<OperationView> {
+    return toOperation((await this.call('RemoveDisk', (c) => c.removeDisk(req))).operation);
+  }
+
+  async getOperation(operationId: string): Promise<OperationView> {
+    return toOperation((await this.call('GetOperation', (c) => c.getOperation({ operationId }))).operation);
+  }
+
+  async *watchOperation(operationId: string): AsyncIterable<WatchUpdate> {
+    // No deadline: an operation takes what it takes; the host ends the stream after its final state.
+    const stream = this.guest.raw.watchOperation({ operationId }, new Metadata(), {});
+    try {
+      for await (const m of stream as AsyncIterable<WatchOperationResponse>) {
+        yield {
+          events: m.events.map((e) => ({ step: e.step, kind: EVENT[e.kind] ?? 'started', timeMs: e.time?.getTime() ?? Date.now(), message: e.message })),
+          operation: toOperation(m.operation),
+        };
+      }
+    } catch (err) {
+      throw hostError(err, this.endpoint, 'WatchOperation');
+    } finally {
+      stream.cancel();
+    }
+  }
+
+  async listDisks(): Promise<HostDisk[]> {
+    return (await this.call('ListDisks', (c) => c.listDisks({}))).disks.map(toDisk);
+  }
+
+  async reportMount(req: { requestId: string; mountPath: string; serial: string; volumeId: string; volumeLabel: string }): Promise<HostDisk> {
+    return toDisk((await this.call('ReportMount', (c) => c.reportMount(req))).disk);
+  }
+
+  async reportUnmount(req: { requestId: string; mountPath: string }): Promise<HostDisk> {
+    return toDisk((await this.call('ReportUnmount', (c) => c.reportUnmount(req))).disk);
+  }
+
+  async rescanBus(): Promise<BusDevice[]> {
+    const r = await this.call('RescanBus', (c) => c.rescanBus({}));
+    return r.devices.map((d) => ({ address: address(d.address), serial: d.serial, naaId: d.naaId, sizeBytes: Number(d.sizeBytes) }));
+  }
+
+  async readDisk(at: ScsiAddress, offset: number, length: number): Promise<Buffer> {
+    const r = await this.call('ReadDisk', (c) => c.readDisk({ address: at, offsetBytes: BigInt(offset), lengthBytes: length }));
+    const data = r.data;
+    if (data.length !== length) throw new Error(`ReadDisk of ${length} bytes at ${offset} returned ${data.length}`);
+    return data;
+  }
+
+  async writeDisk(requestId: string, at: ScsiAddress, offset: number, data: Buffer): Promise<void> {
+    const r = await this.call('WriteDisk', (c) => c.writeDisk({ requestId, address: at, offsetBytes: BigInt(offset), data }));
+    if (r.writtenBytes !== data.length) throw new Error(`WriteDisk of ${data.length} bytes at ${offset} wrote ${r.writtenBytes}`);
+  }
+
+  reconnect(): void {
+    this.client?.close();
+    this.client = undefined;
+  }
+
+  close(): void {
+    this.client?.close();
+    this.client = undefined;
+  }
+}
