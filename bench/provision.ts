@@ -21,7 +21,7 @@
  *
  * Usage: node dist/bench/provision.js [--seconds N] [--warmup N] [--json-out PATH]
  *        [--only REGEX] [--tmp DIR] [--skip-startup] [--skip-4000] [--sharing shared|dedicated]
- *        [--host-agent PATH]
+ *        [--host-agent PATH] [--agent-cpu-prof DIR]
  *
  *   --seconds N        measured seconds per phase (default 5), after a warm-up (--warmup,
  *                      default a third of it, 0.5-1 s)
@@ -36,6 +36,7 @@
  *   --sharing S        shared (default: HA VMs, each LUN mapped to every node) or dedicated
  *                      (non-HA VMs, each LUN mapped to its VM's node only)
  *   --host-agent PATH  the host agent's entry script (default bin/host-agent.js)
+ *   --agent-cpu-prof DIR  run the host agent with --cpu-prof, writing its profile to DIR
  */
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
@@ -281,6 +282,7 @@ async function main(): Promise<void> {
       'skip-4000': { type: 'boolean', default: false },
       sharing: { type: 'string', default: 'shared' },
       'host-agent': { type: 'string' },
+      'agent-cpu-prof': { type: 'string' },
     },
   });
   const { seconds, warmupSeconds } = phaseSeconds(values);
@@ -336,6 +338,7 @@ async function main(): Promise<void> {
       ['serve', '--listen', '127.0.0.1:0', '--storage', storageAddress, '--data-dir', agentDataDir, '--cluster', clusterFile, '--socket-dir', socketDir],
       join(workDir, 'host-agent.log'),
       60_000,
+      values['agent-cpu-prof'] ? ['--cpu-prof', '--cpu-prof-dir', resolve(values['agent-cpu-prof'])] : [],
     );
 
   let firstStartMs = Number.NaN;

@@ -133,19 +133,51 @@ export function statusDetails(err: ServiceError): StatusDetails {
 }
 
 /**
- * The way back (client side): a dependency's status as a domain error, its message kept and
- * attributed to the dependency, its google.rpc details (reason, field, retry delay) carried
- * over. UNAVAILABLE and DEADLINE_EXCEEDED both mean it cannot be reached; a code with no
- * domain meaning becomes a ReportableError.
+ * A status a dependency answered with, whatever carried it (gRPC, the block portal): the
+ * code, its message and the details a passthru server attaches.
  */
-export function fromStatus(err: ServiceError, from: { source: string; reasonPrefix: string; endpoint: string; method: string }): Error {
+export interface RemoteStatus {
+  code: number;
+  details: string;
+  reason?: string;
+  /** The request field at fault, for INVALID_ARGUMENT. */
+  field?: string;
+  retryAfterMs?: number;
+}
+
+/** A dependency's refusal that did not come as a gRPC ServiceError. */
+export class RemoteStatusError extends Error {
+  constructor(readonly status: RemoteStatus) {
+    super(status.details);
+    this.name = 'RemoteStatusError';
+  }
+}
+
+/** The status a gRPC error carries, with its google.rpc details read. */
+export function remoteStatusOf(err: ServiceError): RemoteStatus {
   const d = statusDetails(err);
-  const name = Code[err.code] ?? String(err.code);
-  const msg = `${from.source}: ${err.details || err.message}`;
-  const reason = d.reason ?? `${from.reasonPrefix}_${name}`;
-  switch (err.code) {
+  return { code: err.code, details: err.details || err.message, reason: d.reason, field: d.fieldViolations[0]?.field, retryAfterMs: d.retryAfterMs };
+}
+
+/** A dependency's status from a gRPC error or a RemoteStatusError; undefined for anything else. */
+export function remoteStatus(err: unknown): RemoteStatus | undefined {
+  if (err instanceof RemoteStatusError) return err.status;
+  return isServiceError(err) ? remoteStatusOf(err) : undefined;
+}
+
+/**
+ * The way back (client side): a dependency's status as a domain error, its message kept and
+ * attributed to the dependency, its details (reason, field, retry delay) carried over.
+ * UNAVAILABLE and DEADLINE_EXCEEDED both mean it cannot be reached; a code with no domain
+ * meaning becomes a ReportableError.
+ */
+export function fromRemoteStatus(st: RemoteStatus, from: { source: string; reasonPrefix: string; endpoint: string; method: string }): Error {
+  const name = Code[st.code] ?? String(st.code);
+  const msg = `${from.source}: ${st.details}`;
+  const reason = st.reason || `${from.reasonPrefix}_${name}`;
+  switch (st.code) {
     case Code.INVALID_ARGUMENT:
-      return new InvalidArgumentError(d.fieldViolations[0]?.field ?? from.method, msg, reason);
+      return new InvalidArgumentError(st.field || from.method, msg, reason);
     case Code.NOT_FOUND:
       return Object.assign(new NotFoundError(`${from.source} object`, from.method, msg), { reason });
     case Code.ALREADY_EXISTS:
@@ -153,7 +185,7 @@ export function fromStatus(err: ServiceError, from: { source: string; reasonPref
     case Code.FAILED_PRECONDITION:
       return new FailedPreconditionError(msg, reason);
     case Code.RESOURCE_EXHAUSTED:
-      return new ResourceExhaustedError(msg, reason, d.retryAfterMs);
+      return new ResourceExhaustedError(msg, reason, st.retryAfterMs);
     case Code.ABORTED:
       return new AbortedError(msg, reason);
     case Code.PERMISSION_DENIED:
@@ -161,10 +193,15 @@ export function fromStatus(err: ServiceError, from: { source: string; reasonPref
     case Code.UNAVAILABLE:
     case Code.DEADLINE_EXCEEDED:
       return new UnavailableError(
-        `${from.source} at ${from.endpoint} cannot be reached (${from.method}: ${err.details || name}); retry later`,
+        `${from.source} at ${from.endpoint} cannot be reached (${from.method}: ${st.details || name}); retry later`,
         `${from.reasonPrefix}_UNAVAILABLE`,
       );
     default:
-      return new ReportableError(`${from.source}: ${from.method} failed with ${name}: ${err.details || 'no details'}`, `${from.reasonPrefix}_${name}`);
+      return new ReportableError(`${from.source}: ${from.method} failed with ${name}: ${st.details || 'no details'}`, `${from.reasonPrefix}_${name}`);
   }
+}
+
+/** fromRemoteStatus for a gRPC error. */
+export function fromStatus(err: ServiceError, from: { source: string; reasonPrefix: string; endpoint: string; method: string }): Error {
+  return fromRemoteStatus(remoteStatusOf(err), from);
 }

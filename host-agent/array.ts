@@ -1,7 +1,8 @@
 /**
  * The array seam: what the host agent asks of the SAN array, control plane and data plane,
- * in the domain's words and with nothing of gRPC. `grpc-array.ts` is the first
- * implementation (storage-sim); an array with another API plugs in behind these interfaces.
+ * in the domain's words and with nothing of gRPC. The first implementations are storage-sim's:
+ * its gRPC API for the control plane (`grpc-array.ts`) and its block portal for the data
+ * plane (`portal-client.ts`); an array with another API plugs in behind these interfaces.
  *
  * Every mutating call carries the caller's request id: the workflow derives it from the
  * operation and step, so a replayed step gets the array's first answer instead of doing
@@ -39,6 +40,8 @@ export interface Reservation {
 export interface StorageArray {
   /** Where it is, for messages. */
   readonly endpoint: string;
+  /** Where hosts reach LUN data (host:port): the array's block portal. */
+  blockPortal(): Promise<string>;
   listPools(): Promise<PoolInfo[]>;
   /** Creates a thick LUN; the same path and parameters return the existing one. */
   createLun(req: { requestId: string; path: string; sizeBytes: number; guestOs: GuestOsName; comment: string }): Promise<ArrayLun>;

@@ -1,14 +1,11 @@
 /**
- * The array seam over gRPC: storage-sim's StorageArrayService as the control plane
- * (`GrpcArray`) and as one node's data plane (`GrpcDataPlane`). UNAVAILABLE and
- * DEADLINE_EXCEEDED are retried here with back-off (safe, because every mutating call
- * carries a request id); what still fails comes back as a domain error.
+ * The array's control plane over gRPC: storage-sim's StorageArrayService. Calls go through
+ * `callArray` (retries, domain errors). Block I/O goes through the block portal instead
+ * (portal-client.ts), which this finds with `blockPortal`.
  */
-import { status as Code } from '@grpc/grpc-js';
 import { connect, type PromiseClient } from '../common/client.js';
-import { DomainError } from '../common/errors.js';
+import { DomainError, UnavailableError } from '../common/errors.js';
 import type { Logger } from '../common/logging.js';
-import { fromStatus, isServiceError } from '../common/status.js';
 import {
   IgroupProtocol,
   type Lun,
@@ -17,32 +14,24 @@ import {
   ReservationType,
   StorageArrayServiceClient,
 } from '../proto/gen/passthru/storage/v1/storage.js';
-import { DEFAULT_RETRY, type ArrayLun, type ArrayMap, type DataPlane, type GuestOsName, type PoolInfo, type Reservation, type RetryPolicy, type StorageArray } from './array.js';
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+import { callArray } from './array-calls.js';
+import { DEFAULT_RETRY, type ArrayLun, type ArrayMap, type GuestOsName, type PoolInfo, type Reservation, type RetryPolicy, type StorageArray } from './array.js';
 
 function lunRef(l: Lun): ArrayLun {
   return { uuid: l.uuid, serial: l.serial, naaId: l.naaId, path: l.path, sizeBytes: Number(l.sizeBytes), comment: l.comment, mapped: l.mapped };
 }
 
-function retryable(err: unknown): boolean {
-  return isServiceError(err) && (err.code === Code.UNAVAILABLE || err.code === Code.DEADLINE_EXCEEDED);
-}
-
-/** One array call with the retry policy; the array's refusal comes back as a domain error. */
-async function callArray<R>(endpoint: string, retry: RetryPolicy, logger: Logger, method: string, fn: () => Promise<R>): Promise<R> {
-  let delay = retry.firstDelayMs;
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (!isServiceError(err)) throw err;
-      if (!retryable(err) || attempt >= retry.attempts) throw fromStatus(err, { source: 'storage array', reasonPrefix: 'ARRAY', endpoint, method });
-      logger.warn('array call retried', { method, attempt, code: Code[err.code], error: err.details });
-      await sleep(delay * (0.5 + Math.random()));
-      delay = Math.min(delay * 2, retry.maxDelayMs);
-    }
-  }
+/**
+ * The portal as the host reaches it: an array listening on every address (0.0.0.0, ::)
+ * reports that, and is reached at the host its API was reached at.
+ */
+export function portalAddress(reported: string, endpoint: string): string {
+  const m = /^(.*):(\d+)$/.exec(reported);
+  if (!m) throw new UnavailableError(`the storage array at ${endpoint} offers no block portal (it reported ${JSON.stringify(reported)}): block I/O cannot reach it`, 'ARRAY_NO_PORTAL');
+  const host = m[1]!;
+  if (host !== '0.0.0.0' && host !== '[::]' && host !== '::' && host !== '') return reported;
+  const api = /^(?:dns:\/*|ipv4:|ipv6:)?(.*):\d+$/.exec(endpoint);
+  return `${api ? api[1] : '127.0.0.1'}:${m[2]}`;
 }
 
 export class GrpcArray implements StorageArray {
@@ -58,6 +47,11 @@ export class GrpcArray implements StorageArray {
 
   private call<R>(method: string, fn: () => Promise<R>): Promise<R> {
     return callArray(this.endpoint, this.retry, this.logger, method, fn);
+  }
+
+  async blockPortal(): Promise<string> {
+    const res = await this.call('GetArray', () => this.client.getArray({}));
+    return portalAddress(res.blockPortal, this.endpoint);
   }
 
   async listPools(): Promise<PoolInfo[]> {
@@ -210,40 +204,6 @@ export class GrpcArray implements StorageArray {
       holderInitiator: res.reserved ? res.holderInitiator : undefined,
       registrations: keys.registrations.map((r) => ({ initiator: r.initiator, key: r.key })),
     };
-  }
-
-  close(): void {
-    this.client.close();
-  }
-}
-
-/** The data plane over gRPC (ReadBlocks / WriteBlocks) as one node's initiator, on its own connection. */
-export class GrpcDataPlane implements DataPlane {
-  private readonly client: PromiseClient<StorageArrayServiceClient>;
-
-  constructor(
-    readonly endpoint: string,
-    readonly initiator: string,
-    private readonly logger: Logger,
-    private readonly retry: RetryPolicy = DEFAULT_RETRY,
-  ) {
-    // A channel of its own: grpc-js shares one connection between clients with equal options.
-    this.client = connect(StorageArrayServiceClient, endpoint, { timeoutMs: retry.callTimeoutMs, channelKey: initiator });
-  }
-
-  async read(lun: string, offsetBytes: bigint, lengthBytes: number): Promise<Buffer> {
-    const res = await callArray(this.endpoint, this.retry, this.logger, 'ReadBlocks', () =>
-      this.client.readBlocks({ lun, initiator: this.initiator, offsetBytes, lengthBytes }),
-    );
-    // Already a Buffer over the decoded message: no copy.
-    return res.data;
-  }
-
-  async write(requestId: string, lun: string, offsetBytes: bigint, data: Buffer): Promise<number> {
-    const res = await callArray(this.endpoint, this.retry, this.logger, 'WriteBlocks', () =>
-      this.client.writeBlocks({ requestId, lun, initiator: this.initiator, offsetBytes, data }),
-    );
-    return res.writtenBytes;
   }
 
   close(): void {

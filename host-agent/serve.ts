@@ -10,7 +10,8 @@ import type { Logger } from '../common/logging.js';
 import { startServer, type RunningServer } from '../common/server.js';
 import { HostAgent, STEPS } from './agent.js';
 import { DEFAULT_RETRY, type RetryPolicy } from './array.js';
-import { GrpcArray, GrpcDataPlane } from './grpc-array.js';
+import { GrpcArray } from './grpc-array.js';
+import { PortalDataPlane } from './portal-client.js';
 import { BlockIo } from './block-io.js';
 import type { ClusterFile } from './cluster-file.js';
 import type { VmRecord } from './model.js';
@@ -92,12 +93,13 @@ export async function serveHostAgent(opts: ServeHostAgentOptions): Promise<Servi
     backoff: opts.backoff,
     hook: opts.crashAt ? crashHook(opts.crashAt, logger) : undefined,
   });
-  // One data path per node, each with that node's initiator (and its own connection).
-  const planes = new Map<string, GrpcDataPlane>();
+  // One data path per node: a block portal session as that node's initiator.
+  const planes = new Map<string, PortalDataPlane>();
+  const portal = (): Promise<string> => array.blockPortal();
   agent.blockIo = new BlockIo(agent, (node) => {
     let p = planes.get(node);
     const n = state.nodes.get(node);
-    if (!p && n) planes.set(node, (p = new GrpcDataPlane(opts.storage, n.initiator, logger, { ...DEFAULT_RETRY, ...opts.retry })));
+    if (!p && n) planes.set(node, (p = new PortalDataPlane(portal, n.initiator, logger, { ...DEFAULT_RETRY, ...opts.retry })));
     return p;
   });
   let admin: RunningServer;

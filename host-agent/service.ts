@@ -7,6 +7,7 @@ import { status as Code } from '@grpc/grpc-js';
 import { EnumCodec } from '../common/enums.js';
 import { InvalidArgumentError, UnavailableError } from '../common/errors.js';
 import type { Logger } from '../common/logging.js';
+import { GuestServiceDefinition } from '../common/block-messages.js';
 import { implement } from '../common/rpc.js';
 import type { ServiceRegistration } from '../common/service.js';
 import { statusOfKind } from '../common/status.js';
@@ -15,7 +16,6 @@ import {
   DiskSharing,
   GroupKind,
   GuestOs,
-  GuestServiceService,
   NodeState,
   OperationKind,
   OperationState,
@@ -271,9 +271,9 @@ export function guestService(agent: HostAgent, vmId: string, endpoint: (id: stri
   const scope: Scope = { vmId };
   return {
     name: 'passthru.host.v1.GuestService',
-    definition: GuestServiceService,
+    definition: GuestServiceDefinition,
     implementation: implement(
-      GuestServiceService,
+      GuestServiceDefinition,
       {
         getSelf: () => ({ vm: toVm(agent.vm(vmId), endpoint) }),
         createDisk: async (req, ctx) => {

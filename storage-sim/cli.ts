@@ -24,13 +24,14 @@ export function buildProgram(): Command {
     .command('serve')
     .description('Run the array as a gRPC server (StorageArrayService, FaultInjectionService, health, reflection).')
     .option('--listen <addr>', 'host:port to listen on (port 0 picks a free port and prints it)', '127.0.0.1:50051')
+    .option('--portal-listen <addr>', 'host:port of the block portal, the data plane hosts use (default: the --listen host, a free port)')
     .requiredOption('--data-dir <dir>', 'where array.db and the LUN files live (created if missing)')
     .option('--name <name>', 'array name, fixed at the first start (default sim1)')
     .option('--serial-prefix <prefix>', 'first characters of every LUN serial, fixed at the first start (default PTSM)')
     .option('--pool <name=size>', 'create or grow a pool, e.g. aggr1=10TiB (repeatable; default aggr1=64TiB)', poolOption, [])
     .option('--enable-faults', 'allow FaultInjectionService (tests only)', false)
     .addOption(new Option('--log-level <level>', 'log level').choices(['error', 'warn', 'info', 'debug']).default('info'))
-    .action(async (o: { listen: string; dataDir: string; name?: string; serialPrefix?: string; pool: PoolRecord[]; enableFaults: boolean; logLevel: string }) => {
+    .action(async (o: { listen: string; portalListen?: string; dataDir: string; name?: string; serialPrefix?: string; pool: PoolRecord[]; enableFaults: boolean; logLevel: string }) => {
       // Loaded here so the admin commands start without SQLite and the server stack.
       const [{ createLogger }, { stopOnSignals }, { serveArray }] = await Promise.all([
         import('../common/logging.js'),
@@ -40,6 +41,7 @@ export function buildProgram(): Command {
       const logger = createLogger({ service: 'storage-sim', level: o.logLevel });
       const serving = await serveArray({
         listen: o.listen,
+        portalListen: o.portalListen,
         dataDir: o.dataDir,
         name: o.name,
         serialPrefix: o.serialPrefix,
@@ -48,8 +50,11 @@ export function buildProgram(): Command {
         logger,
       });
       // The one line on stdout: scripts and tests read the address from it.
-      process.stdout.write(`storage-sim serving on ${serving.running.address}\n`);
-      stopOnSignals(serving.running, logger, () => serving.array.close());
+      process.stdout.write(`storage-sim serving on ${serving.running.address} (block portal ${serving.portal.address})\n`);
+      stopOnSignals(serving.running, logger, async () => {
+        await serving.portal.close();
+        serving.array.close();
+      });
     });
 
   addAdminCommands(program);

@@ -4,10 +4,13 @@ import { startServer, type RunningServer } from '../common/server.js';
 import { StorageArray } from './array.js';
 import { FaultPlan } from './faults.js';
 import type { PoolRecord } from './model.js';
+import { startPortal, type RunningPortal } from './portal.js';
 import { ARRAY_METHODS, storageServices } from './service.js';
 
 export interface ServeArrayOptions {
   listen: string;
+  /** host:port of the block portal; by default the gRPC host with a free port. */
+  portalListen?: string;
   dataDir: string;
   name?: string;
   serialPrefix?: string;
@@ -20,6 +23,7 @@ export interface ServingArray {
   array: StorageArray;
   faults: FaultPlan;
   running: RunningServer;
+  portal: RunningPortal;
   /** Stops serving, then closes the database and data files. */
   close(graceMs?: number): Promise<void>;
 }
@@ -34,20 +38,31 @@ export async function serveArray(opts: ServeArrayOptions): Promise<ServingArray>
   });
   const faults = new FaultPlan(opts.enableFaults ?? false, ARRAY_METHODS);
   let running: RunningServer;
+  let portal: RunningPortal | undefined;
   try {
-    running = await startServer({ listen: opts.listen, services: storageServices(array, faults, opts.logger), logger: opts.logger });
+    portal = await startPortal({ listen: opts.portalListen ?? defaultPortalListen(opts.listen), array, faults, logger: opts.logger });
+    running = await startServer({ listen: opts.listen, services: storageServices(array, faults, opts.logger, portal.address), logger: opts.logger });
   } catch (err) {
+    await portal?.close();
     array.close();
     throw err;
   }
-  opts.logger.info('array ready', { array: array.name, luns: array.getArray().lunCount, faults: faults.enabled });
+  opts.logger.info('array ready', { array: array.name, luns: array.getArray().lunCount, faults: faults.enabled, blockPortal: portal.address });
+  const open = portal;
   return {
     array,
     faults,
     running,
+    portal,
     close: async (graceMs?: number) => {
-      await running.shutdown(graceMs);
+      await Promise.all([running.shutdown(graceMs), open.close()]);
       array.close();
     },
   };
+}
+
+/** The gRPC listen address's host with port 0: the portal sits beside the API. */
+export function defaultPortalListen(listen: string): string {
+  const m = /^(.*):\d+$/.exec(listen);
+  return `${m ? m[1] : '127.0.0.1'}:0`;
 }

@@ -147,7 +147,7 @@ function faultHooks(faults: FaultPlan): CallHooks {
   };
 }
 
-export function storageServices(array: StorageArray, faults: FaultPlan, logger: Logger): ServiceRegistration[] {
+export function storageServices(array: StorageArray, faults: FaultPlan, logger: Logger, blockPortal = ''): ServiceRegistration[] {
   const arrayImpl = implement(
     StorageArrayServiceService,
     {
@@ -158,6 +158,7 @@ export function storageServices(array: StorageArray, faults: FaultPlan, logger: 
           minLunSizeBytes: BigInt(a.minLunSizeBytes),
           maxLunSizeBytes: BigInt(a.maxLunSizeBytes),
           pools: a.pools.map(toPool),
+          blockPortal,
         };
       },
       listPools: () => ({ pools: array.listPools().map(toPool) }),

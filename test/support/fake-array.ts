@@ -209,6 +209,10 @@ export class FakeArray implements StorageArray {
 
   // ---------------------------------------------------------------- StorageArray
 
+  blockPortal(): Promise<string> {
+    return this.call('blockPortal', {}, () => '127.0.0.1:1');
+  }
+
   listPools(): Promise<PoolInfo[]> {
     return this.call('listPools', {}, () => [...this.pools].map(([name, availableBytes]) => ({ name, availableBytes })));
   }

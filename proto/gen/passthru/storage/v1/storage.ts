@@ -359,6 +359,12 @@ export interface GetArrayResponse {
   mapCount: number;
   pools: Pool[];
   faultsEnabled: boolean;
+  /**
+   * host:port of the block portal: the array's data plane for hosts (README, "The block
+   * portal"), the way a host reaches LUN data as its initiator. ReadBlocks and WriteBlocks
+   * here do the same for admins and tools.
+   */
+  blockPortal: string;
 }
 
 export interface ListPoolsRequest {
@@ -1496,6 +1502,7 @@ function createBaseGetArrayResponse(): GetArrayResponse {
     mapCount: 0,
     pools: [],
     faultsEnabled: false,
+    blockPortal: "",
   };
 }
 
@@ -1542,6 +1549,9 @@ export const GetArrayResponse: MessageFns<GetArrayResponse> = {
     }
     if (message.faultsEnabled !== false) {
       writer.uint32(96).bool(message.faultsEnabled);
+    }
+    if (message.blockPortal !== "") {
+      writer.uint32(106).string(message.blockPortal);
     }
     return writer;
   },
@@ -1655,6 +1665,14 @@ export const GetArrayResponse: MessageFns<GetArrayResponse> = {
             message.faultsEnabled = reader.bool();
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.blockPortal = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1715,6 +1733,11 @@ export const GetArrayResponse: MessageFns<GetArrayResponse> = {
         : isSet(object.faults_enabled)
         ? globalThis.Boolean(object.faults_enabled)
         : false,
+      blockPortal: isSet(object.blockPortal)
+        ? globalThis.String(object.blockPortal)
+        : isSet(object.block_portal)
+        ? globalThis.String(object.block_portal)
+        : "",
     };
   },
 
@@ -1755,6 +1778,9 @@ export const GetArrayResponse: MessageFns<GetArrayResponse> = {
     }
     if (message.faultsEnabled !== false) {
       obj.faultsEnabled = message.faultsEnabled;
+    }
+    if (message.blockPortal !== "") {
+      obj.blockPortal = message.blockPortal;
     }
     return obj;
   },
