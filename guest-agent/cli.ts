@@ -369,8 +369,10 @@ function addDiskCommands(program: Command): void {
         const r = await agent.remove({ mount: o.mount, deleteLun: o.deleteLun ?? false });
         const d = r.detached;
         const text = d
-          ? `${r.mountPath} unmounted and detached from SCSI ${scsi(d.address)}: LUN ${d.serial} ${r.lunDeleted ? 'deleted from the array' : `kept on the array (${d.lunPath})`}\n`
-          : `nothing was attached at ${r.mountPath}\n`;
+          ? `${r.mountPath} ${r.unmounted ? 'unmounted and ' : ''}detached from SCSI ${scsi(d.address)}: LUN ${d.serial} ${r.lunDeleted ? 'deleted from the array' : `kept on the array (${d.lunPath})`}\n`
+          : r.unmounted
+            ? `${r.mountPath} unmounted; the host had no disk attached there any more\n`
+            : `nothing was attached at ${r.mountPath}\n`;
         return { json: r, text: (r.resumed ? 'finished the removal an earlier run began\n' : '') + text };
       }),
     );

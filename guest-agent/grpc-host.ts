@@ -230,10 +230,6 @@ export class GrpcHostLink implements HostLink, SimulatedHardware {
     return toOperation((await this.call('RemoveDisk', (c) => c.removeDisk(req))).operation);
   }
 
-  async getOperation(operationId: string): Promise<OperationView> {
-    return toOperation((await this.call('GetOperation', (c) => c.getOperation({ operationId }))).operation);
-  }
-
   async *watchOperation(operationId: string): AsyncIterable<WatchUpdate> {
     // No deadline: an operation takes what it takes; the host ends the stream after its final state.
     const stream = this.guest.raw.watchOperation({ operationId }, new Metadata(), {});

@@ -102,7 +102,6 @@ export interface HostLink {
   createDisk(req: { requestId: string; mountPath: string; sizeBytes: number; sharing: Sharing }): Promise<OperationView>;
   connectDisk(req: { requestId: string; mountPath: string; lun: string }): Promise<OperationView>;
   removeDisk(req: { requestId: string; mountPath: string; deleteLun: boolean }): Promise<OperationView>;
-  getOperation(operationId: string): Promise<OperationView>;
   /** The operation as it stands, then its step events, ending after its final state. */
   watchOperation(operationId: string): AsyncIterable<WatchUpdate>;
   listDisks(): Promise<HostDisk[]>;

@@ -101,6 +101,8 @@ export interface RemoveResult {
   mountPath: string;
   requestId: string;
   operationId: string;
+  /** Whether a volume was mounted there in this guest (and so was unmounted). */
+  unmounted: boolean;
   /** The disk the host detached; null when nothing was attached there. */
   detached: AttachedDisk | null;
   lunDeleted: boolean;
@@ -750,6 +752,7 @@ export class GuestAgent {
       mountPath: mount.path,
       requestId: p.requestId,
       operationId: op.id,
+      unmounted: p.unmounted !== undefined,
       detached: op.result ?? null,
       lunDeleted: p.deleteLun && op.result !== undefined,
       resumed,

@@ -108,7 +108,7 @@ export function newDisk(serial: string, sizeBytes: number, address: ScsiAddress 
 
 interface FakeOp {
   view: OperationView;
-  /** What happens when the operation runs (at its first watch or GetOperation). */
+  /** What happens when the operation runs (at its first watch). */
   run(): void;
   ran: boolean;
 }
@@ -242,13 +242,6 @@ export class FakeHost implements HostLink {
     const op = this.ops.get(id);
     if (!op) throw errorOfStatus(Code.NOT_FOUND, `operation ${id} does not exist`, 'OPERATION_NOT_FOUND');
     return op;
-  }
-
-  async getOperation(operationId: string): Promise<OperationView> {
-    this.enter('GetOperation');
-    const op = this.op(operationId);
-    if (!op.ran) op.run();
-    return op.view;
   }
 
   async *watchOperation(operationId: string): AsyncIterable<WatchUpdate> {

@@ -175,6 +175,19 @@ describe('guest volume manager (guest-agent/volumes.ts)', () => {
     });
   });
 
+  describe('two runs at once', () => {
+    it('on two mounts both finish, the table holding both; on one mount the second is ABORTED at once', async () => {
+      const w = world();
+      const [e, f] = await Promise.all([w.agent().create({ mount: 'E:', sizeBytes: 64 * MiB }), w.agent().create({ mount: 'F:', sizeBytes: 64 * MiB })]);
+      expect(w.table().mounts.map((m) => m.volumeId).sort()).to.deep.equal([e.mount.volumeId, f.mount.volumeId].sort());
+      const both = await Promise.allSettled([w.agent().create({ mount: 'G:', sizeBytes: 64 * MiB }), w.agent().create({ mount: 'g:', sizeBytes: 64 * MiB })]);
+      const refused = both.filter((x): x is PromiseRejectedResult => x.status === 'rejected');
+      expect(refused).to.have.length(1);
+      expect(refused[0]!.reason).to.include({ kind: 'aborted', reason: 'GUEST_BUSY' });
+      expect(refused[0]!.reason.message).to.include('is working on G:');
+    });
+  });
+
   describe('crash and resume', () => {
     for (const point of CRASH_POINTS.filter((p) => p !== 'unmounted' && p !== 'table-write')) {
       it(`a run that dies at "${point}" is finished by the next one, the host asked once`, async () => {
@@ -325,6 +338,15 @@ describe('guest volume manager (guest-agent/volumes.ts)', () => {
       expect(w.table().mounts).to.deep.equal([made.mount]);
       expect(w.table().pending).to.deep.equal([]);
       expect(w.host.disks.get('E:')).to.include({ mounted: true });
+    });
+
+    it('a volume whose disk the host detached behind the guest\'s back is unmounted, and the removal succeeds', async () => {
+      const w = world();
+      await w.agent().create({ mount: 'E:', sizeBytes: 64 * MiB });
+      w.host.disks.delete('E:');
+      const r = await w.agent().remove({ mount: 'E:', deleteLun: false });
+      expect(r).to.include({ unmounted: true, detached: null, lunDeleted: false });
+      expect(w.table()).to.deep.include({ mounts: [], pending: [] });
     });
 
     it('a removal of a mount with an unfinished create takes its place', async () => {
