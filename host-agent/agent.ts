@@ -16,7 +16,7 @@ import {
 } from '../common/errors.js';
 import { isInside, parseDrivePath, volumeOf, type DrivePath } from '../common/drive-path.js';
 import type { Logger } from '../common/logging.js';
-import type { StorageArray } from './array.js';
+import type { PoolInfo, StorageArray } from './array.js';
 import { checkScsiShape, checkVmId, checkVmName, DEFAULT_CONTROLLERS, DEFAULT_LOCATIONS, type ClusterFile } from './cluster-file.js';
 import { checkCanHotPlug, SimHypervisor, type Hypervisor } from './hypervisor.js';
 import { Failover } from './failover.js';
@@ -412,6 +412,19 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     }
   }
 
+  private poolsAsked: Promise<PoolInfo[]> | undefined;
+
+  /**
+   * The array's pools, asked once for every validate waiting at the same time: a pre-check
+   * that may be one round trip old, as it could be by the time lun.create runs anyway.
+   */
+  private poolRoom(): Promise<PoolInfo[]> {
+    this.poolsAsked ??= this.array.listPools().finally(() => {
+      this.poolsAsked = undefined;
+    });
+    return this.poolsAsked;
+  }
+
   /** Step 0 of create and connect: the model, then (create) the array's pool room. */
   private async validateAttach(ctx: StepContext<Env>): Promise<void> {
     const op = ctx.op;
@@ -419,7 +432,7 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     if (op.kind === 'create_disk') {
       const size = op.params.sizeBytes!;
       // A pre-check only: the array has the last word when lun.create asks it.
-      const pools = await this.array.listPools();
+      const pools = await this.poolRoom();
       const roomiest = pools.reduce((a, p) => (p.availableBytes > a ? p.availableBytes : a), 0);
       if (roomiest < size) {
         throw new ResourceExhaustedError(

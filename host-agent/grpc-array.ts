@@ -3,7 +3,7 @@
  * `callArray` (retries, domain errors). Block I/O goes through the block portal instead
  * (portal-client.ts), which this finds with `blockPortal`.
  */
-import { connect, type PromiseClient } from '../common/client.js';
+import { unaryClient, type UnaryClient } from '../common/unary-client.js';
 import { DomainError, UnavailableError } from '../common/errors.js';
 import type { Logger } from '../common/logging.js';
 import {
@@ -12,7 +12,7 @@ import {
   OsType,
   Provisioning,
   ReservationType,
-  StorageArrayServiceClient,
+  StorageArrayServiceService,
 } from '../proto/gen/passthru/storage/v1/storage.js';
 import { callArray } from './array-calls.js';
 import { DEFAULT_RETRY, type ArrayLun, type ArrayMap, type GuestOsName, type PoolInfo, type Reservation, type RetryPolicy, type StorageArray } from './array.js';
@@ -35,14 +35,14 @@ export function portalAddress(reported: string, endpoint: string): string {
 }
 
 export class GrpcArray implements StorageArray {
-  private readonly client: PromiseClient<StorageArrayServiceClient>;
+  private readonly client: UnaryClient<typeof StorageArrayServiceService>;
 
   constructor(
     readonly endpoint: string,
     private readonly logger: Logger,
     private readonly retry: RetryPolicy = DEFAULT_RETRY,
   ) {
-    this.client = connect(StorageArrayServiceClient, endpoint, { timeoutMs: retry.callTimeoutMs });
+    this.client = unaryClient(StorageArrayServiceService, endpoint, { timeoutMs: retry.callTimeoutMs });
   }
 
   private call<R>(method: string, fn: () => Promise<R>): Promise<R> {
