@@ -32,11 +32,32 @@ function writeVarint(buf: Buffer, at: number, n: number): number {
   return at;
 }
 
-/** Field 1 (bytes) `data`, written once into a buffer of the exact size. */
+/** Blocks with bytes before them that are free to overwrite, and how many. */
+const spareHead = new WeakMap<Uint8Array, number>();
+
+/**
+ * Says that the `bytes` bytes before `block` (in the same memory) are free to overwrite:
+ * the data plane hands a block read inside its reply frame, whose header is spent once read,
+ * and the ReadDisk encoder then writes its field header there instead of copying the block.
+ */
+export function markSpareHead(block: Buffer, bytes: number): Buffer {
+  if (bytes > 0 && block.byteOffset >= bytes) spareHead.set(block, bytes);
+  return block;
+}
+
+/** Field 1 (bytes) `data`: in place before the block when it has room there, else written once. */
 export function encodeReadDiskResponse(res: ReadDiskResponse): Buffer {
   const n = res.data.length;
   if (n === 0) return Buffer.alloc(0);
-  const out = Buffer.allocUnsafe(1 + varintSize(n) + n);
+  const head = 1 + varintSize(n);
+  if ((spareHead.get(res.data) ?? 0) >= head) {
+    const d = res.data;
+    const out = Buffer.from(d.buffer, d.byteOffset - head, head + n);
+    out[0] = 0x0a;
+    writeVarint(out, 1, n);
+    return out;
+  }
+  const out = Buffer.allocUnsafe(head + n);
   const at = writeVarint(out, 1, n);
   out[0] = 0x0a;
   out.set(res.data, at);

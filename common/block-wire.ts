@@ -67,6 +67,8 @@ export class ProtocolError extends Error {
 }
 
 const HEADER = 4 + 8;
+/** Where a READ reply's data starts inside its frame (after opcode, status and tag). */
+export const READ_REPLY_HEADER_BYTES = 8;
 
 function stringBytes(s: string, what: string): Buffer {
   const b = Buffer.from(s, 'utf8');

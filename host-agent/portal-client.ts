@@ -8,8 +8,9 @@
  */
 import { connect, type Socket } from 'node:net';
 import { status as Code } from '@grpc/grpc-js';
-import { decodeReply, DirectFrameReader, encodeRequest, isErrorReply, PORTAL_VERSION, ProtocolError, type PortalReply, type PortalRequest } from '../common/block-wire.js';
+import { decodeReply, DirectFrameReader, encodeRequest, isErrorReply, PORTAL_VERSION, ProtocolError, READ_REPLY_HEADER_BYTES, type PortalReply, type PortalRequest } from '../common/block-wire.js';
 import type { Logger } from '../common/logging.js';
+import { markSpareHead } from '../common/block-messages.js';
 import { RemoteStatusError } from '../common/status.js';
 import { callArray } from './array-calls.js';
 import { DEFAULT_RETRY, type DataPlane, type RetryPolicy } from './array.js';
@@ -192,7 +193,8 @@ export class PortalDataPlane implements DataPlane {
 
   async read(lun: string, offsetBytes: bigint, lengthBytes: number): Promise<Buffer> {
     const rep = await this.call('ReadBlocks', { op: 'read', lun, offsetBytes, lengthBytes });
-    return (rep as Extract<PortalReply, { op: 'read'; code: 0 }>).data;
+    // The block sits in its reply frame after the frame's spent 8-byte header.
+    return markSpareHead((rep as Extract<PortalReply, { op: 'read'; code: 0 }>).data, READ_REPLY_HEADER_BYTES);
   }
 
   async write(requestId: string, lun: string, offsetBytes: bigint, data: Buffer): Promise<number> {

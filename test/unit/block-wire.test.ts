@@ -18,7 +18,7 @@ import {
   type PortalReply,
   type PortalRequest,
 } from '../../common/block-wire.js';
-import { decodeReadDiskResponse, decodeWriteDiskRequest, encodeReadDiskResponse, encodeWriteDiskRequest } from '../../common/block-messages.js';
+import { decodeReadDiskResponse, decodeWriteDiskRequest, encodeReadDiskResponse, encodeWriteDiskRequest, markSpareHead } from '../../common/block-messages.js';
 import { ReadDiskResponse, WriteDiskRequest } from '../../proto/gen/passthru/host/v1/host.js';
 
 const frameBody = (bufs: Buffer[]): Buffer => Buffer.concat(bufs).subarray(4);
@@ -173,6 +173,22 @@ describe('GuestService block message codecs', () => {
       expect(encodeReadDiskResponse(res).equals(generated), `${n} bytes`).to.equal(true);
       expect(decodeReadDiskResponse(generated).data.equals(res.data)).to.equal(true);
     }
+  });
+
+  it('a block read from the portal is encoded in place, its field header written over the spent frame header: the same bytes, no copy', () => {
+    for (const n of [512, 4096, 1024 * 1024]) {
+      const data = Buffer.alloc(n, 0x61);
+      const frame = Buffer.concat(encodeReply({ op: 'read', tag: 3, code: 0, data })).subarray(4);
+      const rep = decodeReply(frame) as { data: Buffer };
+      const block = markSpareHead(rep.data, 8);
+      const out = encodeReadDiskResponse({ data: block });
+      expect(out.equals(Buffer.from(ReadDiskResponse.encode({ data }).finish())), `${n} bytes`).to.equal(true);
+      expect(out.buffer).to.equal(frame.buffer);
+      expect(rep.data.equals(data), 'the block itself is untouched').to.equal(true);
+    }
+    // Without room marked before it, a block is copied as before.
+    const plain = Buffer.alloc(4096, 1);
+    expect(encodeReadDiskResponse({ data: plain }).buffer).to.not.equal(plain.buffer);
   });
 
   it('the decoders skip fields they do not know, as the generated ones do', () => {
