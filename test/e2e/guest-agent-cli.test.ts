@@ -20,7 +20,7 @@ import {
   OperationState,
 } from '../../proto/gen/passthru/host/v1/host.js';
 import { IgroupProtocol, OsType } from '../../proto/gen/passthru/storage/v1/storage.js';
-import { deploymentForFile, describeRun, runGuest, type Deployment, type Guest } from '../support/guest-cli.js';
+import { deploymentForFile, describeRun, GUEST_AGENT_BIN, runGuest, type Deployment, type Guest } from '../support/guest-cli.js';
 import { independentCheck, type DiskImage } from '../support/guest-layout-check.js';
 
 const MiB = 1024 * 1024;
@@ -44,9 +44,9 @@ function lunImage(d: Deployment, uuid: string): DiskImage & { close(): void } {
   };
 }
 
-function sgdisk(): string | undefined {
+function commandPath(name: string): string | undefined {
   try {
-    return execFileSync('sh', ['-c', 'command -v sgdisk'], { encoding: 'utf8' }).trim() || undefined;
+    return execFileSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' }).trim() || undefined;
   } catch {
     return undefined;
   }
@@ -143,7 +143,7 @@ describe('guest-agent CLI (e2e)', function () {
       } finally {
         image.close();
       }
-      const bin = sgdisk();
+      const bin = commandPath('sgdisk');
       if (!bin) {
         console.log("    [guest-agent] SKIPPED the sgdisk half of the layout check: no sgdisk binary on PATH (install Debian's gdisk)");
         return;
@@ -175,6 +175,29 @@ describe('guest-agent CLI (e2e)', function () {
       expect((await d.disks('vm3'))[0]!.sharing).to.equal(DiskSharing.DISK_SHARING_DEDICATED);
       const gone = await vm3.okJson(['disk', 'remove', '--mount', 'E:', '--delete-lun']);
       expect(gone).to.include({ lunDeleted: true });
+    });
+
+    it('shows each step live on a terminal (a pty from script(1)), and nothing of it under --json or through a pipe', async function () {
+      const script = commandPath('script');
+      if (!script) {
+        console.log('    [guest-agent] SKIPPED the terminal half of the progress check: no script(1) on PATH (util-linux)');
+        this.skip();
+      }
+      const quote = (a: string): string => `'${a.replace(/'/g, `'\\''`)}'`;
+      const onTerminal = (args: string[]): string =>
+        execFileSync(script!, ['-qec', [process.execPath, GUEST_AGENT_BIN, ...args].map(quote).join(' '), '/dev/null'], {
+          encoding: 'utf8',
+          env: { ...process.env, PASSTHRU_GUEST_ENDPOINT: vm3.endpoint, PASSTHRU_GUEST_STATE_DIR: vm3.stateDir, PASSTHRU_GUEST_CRASH_AT: '' },
+        });
+      const out = onTerminal(['disk', 'create', '--size', '64MiB', '--mount', 'G:']);
+      for (const step of ['validate', 'lun.create', 'scsi.attach', 'resource.online', 'group.delete']) expect(out).to.match(new RegExp(`ok  ${escape(step)} +done`));
+      expect(out).to.match(/ok  discover +found serial \w+ .* at SCSI \d+:\d+ after 1 rescan/);
+      expect(out).to.match(/ok  initialize +volume "Volume G" .* written and read back/);
+      expect(out).to.match(/ok  report +the host records G: as mounted/);
+      expect(out).to.match(/\nG: mounted: LUN \w+ \(64 MiB\)/);
+      // Under --json, on the same terminal, only the document; through a pipe (as every other test runs it) stderr stays empty: Guest.ok checks it.
+      const json = onTerminal(['disk', 'remove', '--mount', 'G:', '--delete-lun', '--json']);
+      expect(JSON.parse(json.replace(/\r/g, ''))).to.include({ mountPath: 'G:', lunDeleted: true });
     });
 
     it('refuses sizes that are not 4 MiB to 16 TiB in 512-byte steps (exit 2) before asking the host', async () => {
