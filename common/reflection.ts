@@ -53,7 +53,7 @@ export function loadDescriptorSet(): Uint8Array {
  * added after this call are listed too.
  */
 export function reflectionServices(descriptorSet: Uint8Array, listServices: () => string[]): ServiceRegistration[] {
-  const index = new DescriptorIndex(descriptorSet);
+  const index = indexOf(descriptorSet);
   const serverReflectionInfo = answerReflectionRequests(index, listServices);
   return [
     {
@@ -67,6 +67,19 @@ export function reflectionServices(descriptorSet: Uint8Array, listServices: () =
       implementation: { serverReflectionInfo } satisfies v1alpha.ServerReflectionServer,
     },
   ];
+}
+
+/**
+ * One index per descriptor set for the process: a host agent serves reflection on every VM's
+ * socket, and building the index (decode and re-encode every file) is most of a server's
+ * start-up.
+ */
+const indexes = new WeakMap<Uint8Array, DescriptorIndex>();
+
+function indexOf(descriptorSet: Uint8Array): DescriptorIndex {
+  let index = indexes.get(descriptorSet);
+  if (!index) indexes.set(descriptorSet, (index = new DescriptorIndex(descriptorSet)));
+  return index;
 }
 
 // v1 and v1alpha messages are field-for-field identical, so one handler serves both.
