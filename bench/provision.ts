@@ -21,7 +21,7 @@
  *
  * Usage: node dist/bench/provision.js [--seconds N] [--warmup N] [--json-out PATH]
  *        [--only REGEX] [--tmp DIR] [--skip-startup] [--skip-4000] [--sharing shared|dedicated]
- *        [--host-agent PATH] [--agent-cpu-prof DIR]
+ *        [--host-agent PATH] [--agent-cpu-prof DIR] [--sim-cpu-prof DIR]
  *
  *   --seconds N        measured seconds per phase (default 5), after a warm-up (--warmup,
  *                      default a third of it, 0.5-1 s)
@@ -37,6 +37,7 @@
  *                      (non-HA VMs, each LUN mapped to its VM's node only)
  *   --host-agent PATH  the host agent's entry script (default bin/host-agent.js)
  *   --agent-cpu-prof DIR  run the host agent with --cpu-prof, writing its profile to DIR
+ *   --sim-cpu-prof DIR    the same for storage-sim
  */
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
@@ -283,6 +284,7 @@ async function main(): Promise<void> {
       sharing: { type: 'string', default: 'shared' },
       'host-agent': { type: 'string' },
       'agent-cpu-prof': { type: 'string' },
+      'sim-cpu-prof': { type: 'string' },
     },
   });
   const { seconds, warmupSeconds } = phaseSeconds(values);
@@ -377,6 +379,7 @@ async function main(): Promise<void> {
       ['serve', '--listen', '127.0.0.1:0', '--data-dir', join(workDir, 'storage-sim')],
       join(workDir, 'storage-sim.log'),
       15_000,
+      values['sim-cpu-prof'] ? ['--cpu-prof', '--cpu-prof-dir', resolve(values['sim-cpu-prof'])] : [],
     );
     agent = await startAgent(storage.address);
     firstStartMs = agent.startMs;

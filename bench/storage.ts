@@ -241,7 +241,7 @@ async function main(): Promise<void> {
             comment: 'bench',
             pool: '',
           });
-          await storage.mapLun({ requestId: `bench-${run}-map-${c}-${n}`, lun: path, igroup });
+          await storage.mapLun({ requestId: `bench-${run}-map-${c}-${n}`, lun: path, igroup, igroups: [] });
         },
       );
     }
@@ -268,7 +268,7 @@ async function main(): Promise<void> {
       osType: OsType.OS_TYPE_LINUX,
       initiators: [initiator],
     });
-    await storage.mapLun({ requestId: `bench-${run}-io-map`, lun: ioLun, igroup: `bench_${run}_io` });
+    await storage.mapLun({ requestId: `bench-${run}-io-map`, lun: ioLun, igroup: `bench_${run}_io`, igroups: [] });
     const spanMiB = IO_SPAN / MiB;
     for (const c of [1, 4]) {
       await measure({ name: 'Ping (1 MiB payload)', concurrency: c, unit: 'MiB/s' }, () => diag.ping({ payload: block }));

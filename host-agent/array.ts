@@ -52,10 +52,13 @@ export interface StorageArray {
   deleteLun(req: { requestId: string; lun: string; force?: boolean }): Promise<void>;
   /** Makes sure the igroup exists and holds the initiator. */
   ensureIgroup(req: { requestId: string; name: string; initiator: string }): Promise<void>;
-  /** Maps at exactly this LUN id; ALREADY_EXISTS when the id is taken by another LUN. */
-  mapLun(req: { requestId: string; lun: string; igroup: string; lunId: number }): Promise<void>;
-  /** Unmapping what is not mapped succeeds. */
-  unmapLun(req: { requestId: string; lun: string; igroup: string }): Promise<void>;
+  /**
+   * Maps to every one of the igroups at exactly this LUN id, all or none; ALREADY_EXISTS
+   * (LUN_ID_ALREADY_EXISTS) when another LUN holds the id in one of them.
+   */
+  mapLun(req: { requestId: string; lun: string; igroups: readonly string[]; lunId: number }): Promise<void>;
+  /** Unmaps from every one of the igroups; unmapping what is not mapped succeeds. */
+  unmapLun(req: { requestId: string; lun: string; igroups: readonly string[] }): Promise<void>;
   listMaps(filter: { igroup?: string; lun?: string }): Promise<ArrayMap[]>;
   /** Registers the initiator's key and takes a write-exclusive-registrants-only reservation. */
   reserve(req: { requestId: string; lun: string; initiator: string; key: string }): Promise<void>;

@@ -118,12 +118,12 @@ export class GrpcArray implements StorageArray {
     }
   }
 
-  async mapLun(req: { requestId: string; lun: string; igroup: string; lunId: number }): Promise<void> {
-    await this.call('MapLun', () => this.client.mapLun(req));
+  async mapLun(req: { requestId: string; lun: string; igroups: readonly string[]; lunId: number }): Promise<void> {
+    await this.call('MapLun', () => this.client.mapLun({ requestId: req.requestId, lun: req.lun, igroup: '', igroups: [...req.igroups], lunId: req.lunId }));
   }
 
-  async unmapLun(req: { requestId: string; lun: string; igroup: string }): Promise<void> {
-    await this.call('UnmapLun', () => this.client.unmapLun(req));
+  async unmapLun(req: { requestId: string; lun: string; igroups: readonly string[] }): Promise<void> {
+    await this.call('UnmapLun', () => this.client.unmapLun({ requestId: req.requestId, lun: req.lun, igroup: '', igroups: [...req.igroups] }));
   }
 
   async listMaps(filter: { igroup?: string; lun?: string }): Promise<ArrayMap[]> {

@@ -636,7 +636,7 @@ function addMapCommands(program: Command): void {
     true,
   ).action((ref: string, igroup: string, o: MutateOpts & { lunId?: number }) =>
     run(o, async (s) => {
-      const m = mapJson((await s.array.mapLun({ requestId: requestId(o), lun: ref, igroup, lunId: o.lunId })).map!);
+      const m = mapJson((await s.array.mapLun({ requestId: requestId(o), lun: ref, igroup, igroups: [], lunId: o.lunId })).map!);
       return { json: { map: m }, text: `mapped LUN ${m.lunPath} to igroup ${m.igroup} as LUN id ${m.lunId}\n` };
     }),
   );
@@ -646,7 +646,7 @@ function addMapCommands(program: Command): void {
     true,
   ).action((ref: string, igroup: string, o: MutateOpts) =>
     run(o, async (s) => {
-      const r = await s.array.unmapLun({ requestId: requestId(o), lun: ref, igroup });
+      const r = await s.array.unmapLun({ requestId: requestId(o), lun: ref, igroup, igroups: [] });
       return {
         json: { unmapped: r.unmapped },
         text: r.unmapped ? `unmapped LUN ${ref} from igroup ${igroup}\n` : `LUN ${ref} was not mapped to igroup ${igroup}: nothing to do\n`,

@@ -61,6 +61,9 @@ import {
 } from './rules.js';
 import { ArrayStore, type LoadedArray } from './store.js';
 
+/** Igroups one MapLun or UnmapLun may name: a cluster's nodes, with room to spare. */
+const MAX_IGROUPS_PER_CALL = 64;
+
 export const MODEL = 'passthru storage-sim';
 export const VERSION = '0.1.0';
 /** Replay records are kept at least this long (DESIGN.md asks for 24 hours). */
@@ -743,28 +746,64 @@ export class StorageArray {
 
   // ---------------------------------------------------------------- LUN maps
 
+  /** The igroups of a MapLun or UnmapLun that names several: each well formed, none twice. */
+  private checkIgroupList(names: readonly string[]): string[] {
+    if (names.length === 0) throw new InvalidArgumentError('igroups', 'name at least one igroup');
+    if (names.length > MAX_IGROUPS_PER_CALL) throw new InvalidArgumentError('igroups', `at most ${MAX_IGROUPS_PER_CALL} igroups a call, not ${names.length}`);
+    names.forEach((n, i) => checkIgroupName(`igroups[${i}]`, n));
+    const twice = names.find((n, i) => names.indexOf(n) !== i);
+    if (twice !== undefined) throw new InvalidArgumentError('igroups', `igroup ${twice} is named twice`);
+    return [...names];
+  }
+
+  private checkLunId(lunId: number | undefined): void {
+    if (lunId !== undefined && (!Number.isInteger(lunId) || lunId < 0 || lunId > MAX_LUN_ID)) {
+      throw new InvalidArgumentError('lun_id', `lun_id ${lunId} is out of range: 0 to ${MAX_LUN_ID}, or leave it out for the lowest free id`);
+    }
+  }
+
   mapLun(req: { requestId: string; lun: string; igroup: string; lunId: number | undefined }): LunMapView {
     classifyLunRef('lun', req.lun);
     checkIgroupName('igroup', req.igroup);
-    if (req.lunId !== undefined && (!Number.isInteger(req.lunId) || req.lunId < 0 || req.lunId > MAX_LUN_ID)) {
-      throw new InvalidArgumentError('lun_id', `lun_id ${req.lunId} is out of range: 0 to ${MAX_LUN_ID}, or leave it out for the lowest free id`);
-    }
-    return this.mutate(req.requestId, 'MapLun', { lun: req.lun, igroup: req.igroup, lunId: req.lunId ?? null }, () => {
-      const lun = this.lunOrThrow(req.lun);
-      const ig = this.igroupOrThrow(req.igroup);
-      const current = this.mapsOfLun.get(lun.uuid)?.get(ig.name);
-      if (current !== undefined) {
-        if (req.lunId === undefined || req.lunId === current) return this.mapView(lun.uuid, ig.name, current);
-        throw new AlreadyExistsError(
-          'LUN map',
-          `${lun.path}@${ig.name}`,
-          `LUN ${lun.path} is already mapped to igroup ${ig.name} at LUN id ${current}, not ${req.lunId}: unmap it first to move it`,
-        );
+    this.checkLunId(req.lunId);
+    const maps = this.mutate(req.requestId, 'MapLun', { lun: req.lun, igroup: req.igroup, lunId: req.lunId ?? null }, () => this.mapTo(req.lun, [req.igroup], req.lunId)[0]!);
+    return maps;
+  }
+
+  /**
+   * Maps a LUN to every one of the igroups at one LUN id (a shared cluster disk), all or
+   * none: an igroup where the LUN sits at another id, or where another LUN holds the id,
+   * refuses the whole call and nothing is mapped. Maps already there at that id stay.
+   */
+  mapLunToIgroups(req: { requestId: string; lun: string; igroups: readonly string[]; lunId: number | undefined }): LunMapView[] {
+    classifyLunRef('lun', req.lun);
+    const names = this.checkIgroupList(req.igroups);
+    this.checkLunId(req.lunId);
+    return this.mutate(req.requestId, 'MapLun', { lun: req.lun, igroups: names, lunId: req.lunId ?? null }, () => this.mapTo(req.lun, names, req.lunId));
+  }
+
+  private mapTo(lunRef: string, names: readonly string[], wantedId: number | undefined): LunMapView[] {
+    const lun = this.lunOrThrow(lunRef);
+    const groups = names.map((n, i) => this.igroupOrThrow(n, names.length === 1 ? 'igroup' : `igroups[${i}]`));
+    const mapped = this.mapsOfLun.get(lun.uuid);
+    let lunId = wantedId;
+    for (const ig of groups) {
+      const current = mapped?.get(ig.name);
+      if (current === undefined || current === lunId) continue;
+      if (lunId === undefined) {
+        lunId = current;
+        continue;
       }
-      const used = this.mapsOfIgroup.get(ig.name);
-      let lunId = req.lunId;
-      if (lunId !== undefined) {
-        const holder = used?.get(lunId);
+      throw new AlreadyExistsError(
+        'LUN map',
+        `${lun.path}@${ig.name}`,
+        `LUN ${lun.path} is already mapped to igroup ${ig.name} at LUN id ${current}, not ${lunId}: unmap it first to move it`,
+      );
+    }
+    const fresh = groups.filter((ig) => mapped?.get(ig.name) === undefined);
+    if (lunId !== undefined) {
+      for (const ig of fresh) {
+        const holder = this.mapsOfIgroup.get(ig.name)?.get(lunId);
         if (holder !== undefined) {
           throw new AlreadyExistsError(
             'LUN id',
@@ -772,29 +811,45 @@ export class StorageArray {
             `LUN id ${lunId} of igroup ${ig.name} is taken by ${this.luns.get(holder)!.path}: choose another id or leave it out`,
           );
         }
-      } else {
-        lunId = 0;
-        while (used?.has(lunId)) lunId++;
-        if (lunId > MAX_LUN_ID) {
-          throw new ResourceExhaustedError(`igroup ${ig.name} uses all ${MAX_LUN_ID + 1} LUN ids: unmap a LUN first`, 'LUN_IDS_EXHAUSTED');
-        }
       }
+    } else {
+      lunId = 0;
+      while (lunId <= MAX_LUN_ID && fresh.some((ig) => this.mapsOfIgroup.get(ig.name)?.has(lunId!))) lunId++;
+      if (lunId > MAX_LUN_ID) {
+        const where = fresh.length === 1 ? `igroup ${fresh[0]!.name} uses` : `igroups ${fresh.map((g) => g.name).join(', ')} use between them`;
+        throw new ResourceExhaustedError(`${where} all ${MAX_LUN_ID + 1} LUN ids: unmap a LUN first`, 'LUN_IDS_EXHAUSTED');
+      }
+    }
+    for (const ig of fresh) {
       this.store.insertMap({ lunUuid: lun.uuid, igroup: ig.name, lunId });
       this.indexMap(lun.uuid, ig.name, lunId);
-      return this.mapView(lun.uuid, ig.name, lunId);
-    });
+    }
+    return groups.map((ig) => this.mapView(lun.uuid, ig.name, lunId!));
   }
 
   unmapLun(req: { requestId: string; lun: string; igroup: string }): { unmapped: boolean } {
     classifyLunRef('lun', req.lun);
     checkIgroupName('igroup', req.igroup);
-    return this.mutate(req.requestId, 'UnmapLun', { lun: req.lun, igroup: req.igroup }, () => {
-      const lun = this.findLun(req.lun);
-      if (!lun || this.mapsOfLun.get(lun.uuid)?.get(req.igroup) === undefined) return { unmapped: false };
-      this.store.deleteMap(lun.uuid, req.igroup);
-      this.unindexMap(lun.uuid, req.igroup);
-      return { unmapped: true };
-    });
+    return this.mutate(req.requestId, 'UnmapLun', { lun: req.lun, igroup: req.igroup }, () => ({ unmapped: this.unmapFrom(req.lun, [req.igroup]) > 0 }));
+  }
+
+  /** Unmaps the LUN from every one of the igroups; what is not mapped (or is gone) is skipped. */
+  unmapLunFromIgroups(req: { requestId: string; lun: string; igroups: readonly string[] }): { unmappedCount: number } {
+    classifyLunRef('lun', req.lun);
+    const names = this.checkIgroupList(req.igroups);
+    return this.mutate(req.requestId, 'UnmapLun', { lun: req.lun, igroups: names }, () => ({ unmappedCount: this.unmapFrom(req.lun, names) }));
+  }
+
+  private unmapFrom(lunRef: string, names: readonly string[]): number {
+    const lun = this.findLun(lunRef);
+    let n = 0;
+    for (const ig of names) {
+      if (!lun || this.mapsOfLun.get(lun.uuid)?.get(ig) === undefined) continue;
+      this.store.deleteMap(lun.uuid, ig);
+      this.unindexMap(lun.uuid, ig);
+      n++;
+    }
+    return n;
   }
 
   listLunMaps(opts: { lun: string; igroup: string; pageSize: number; pageToken: string }): Page<LunMapView> {

@@ -3,6 +3,7 @@
  */
 import { Metadata, status as Code } from '@grpc/grpc-js';
 import { EnumCodec } from '../common/enums.js';
+import { InvalidArgumentError } from '../common/errors.js';
 import type { Logger } from '../common/logging.js';
 import { implement, type CallHooks } from '../common/rpc.js';
 import type { ServiceRegistration } from '../common/service.js';
@@ -130,6 +131,13 @@ function thinOf(wire: number): boolean | undefined {
   return p === undefined ? undefined : p === 'thin';
 }
 
+/** A map or unmap names one igroup or several, never both ways. */
+function oneOrMany(req: { igroup: string; igroups: string[] }): 'one' | 'many' {
+  if (req.igroups.length === 0) return 'one';
+  if (req.igroup !== '') throw new InvalidArgumentError('igroups', 'give igroup or igroups, not both');
+  return 'many';
+}
+
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
@@ -208,12 +216,19 @@ export function storageServices(array: StorageArray, faults: FaultPlan, logger: 
       removeInitiators: (req) => ({ igroup: toIgroup(array.removeInitiators(req)) }),
       deleteIgroup: (req) => array.deleteIgroup(req),
       mapLun: (req, ctx) => {
-        const m = array.mapLun({ ...req, lunId: req.lunId });
-        ctx.log.lun = m.lunPath;
-        ctx.log.igroup = m.igroup;
-        return { map: toMap(m) };
+        const maps = oneOrMany(req) === 'many' ? array.mapLunToIgroups({ ...req, lunId: req.lunId }) : [array.mapLun({ ...req, lunId: req.lunId })];
+        ctx.log.lun = maps[0]!.lunPath;
+        ctx.log.igroup = maps.map((m) => m.igroup).join(',');
+        return { map: toMap(maps[0]!), maps: maps.map(toMap) };
       },
-      unmapLun: (req) => array.unmapLun(req),
+      unmapLun: (req) => {
+        if (oneOrMany(req) === 'one') {
+          const { unmapped } = array.unmapLun(req);
+          return { unmapped, unmappedCount: unmapped ? 1 : 0 };
+        }
+        const { unmappedCount } = array.unmapLunFromIgroups(req);
+        return { unmapped: unmappedCount > 0, unmappedCount };
+      },
       listLunMaps: (req) => {
         const page = array.listLunMaps(req);
         return { maps: page.items.map(toMap), nextPageToken: page.nextPageToken };

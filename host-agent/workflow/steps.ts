@@ -74,16 +74,20 @@ function nodesFor(ctx: Ctx): string[] {
   return [...ctx.env.state.nodes.values()].map((n) => n.name).sort();
 }
 
-/** Unmaps the LUN from the nodes' igroups, all at once; unmapping what is not mapped succeeds. */
-function unmapFrom(ctx: Ctx, lun: LunRef, nodes: readonly string[], idSuffix = ''): Promise<unknown> {
-  return Promise.all(nodes.map((n) => ctx.env.array.unmapLun({ requestId: ctx.requestId(`unmap:${n}${idSuffix}`), lun: lun.uuid, igroup: n })));
+/** Unmaps the LUN from the nodes' igroups in one call; unmapping what is not mapped succeeds. */
+function unmapFrom(ctx: Ctx, lun: LunRef, nodes: readonly string[], idSuffix = ''): Promise<void> {
+  if (nodes.length === 0) return Promise.resolve();
+  return ctx.env.array.unmapLun({ requestId: ctx.requestId(`unmap${idSuffix}`), lun: lun.uuid, igroups: nodes });
 }
 
 const skipUnlessCreate = (ctx: Ctx): string | undefined => (ctx.op.kind === 'create_disk' ? undefined : 'the LUN exists already');
 
 // ---------------------------------------------------------------- shared steps
 
-/** lun.map: one LUN id free on every node it goes to, then MapLun to each node's igroup. */
+/**
+ * lun.map: one LUN id free on every node it goes to, then one MapLun to every node's igroup
+ * at that id (all or none).
+ */
 export const lunMap: Step = {
   name: 'lun.map',
   skip: (ctx) => (ctx.op.kind === 'connect_disk' ? 'Available Storage disks are mapped to every node already' : undefined),
@@ -99,21 +103,19 @@ export const lunMap: Step = {
         ctx.journal(() => learn(ctx, { lunId: lunIds.choose(nodes, ctx.op.id), nodes }));
       }
       const lunId = ctx.op.data.lunId!;
-      const results = await Promise.allSettled(
-        nodes.map((n) => array.mapLun({ requestId: ctx.requestId(`map:${n}:${lunId}`), lun: lun.uuid, igroup: n, lunId })),
-      );
-      const taken = results.findIndex((r) => r.status === 'rejected' && r.reason instanceof DomainError && r.reason.reason === 'LUN_ID_ALREADY_EXISTS');
-      const failed = results.find((r) => r.status === 'rejected');
-      if (taken >= 0 && attempt < 4) {
-        // Something passthru did not map holds that id on a node: give back what we
-        // mapped at it, and choose again.
-        lunIds.takenOnArray(nodes[taken]!, lunId);
-        await unmapFrom(ctx, lun, nodes, `:${lunId}`);
+      try {
+        await array.mapLun({ requestId: ctx.requestId(`map:${lunId}`), lun: lun.uuid, igroups: nodes, lunId });
+      } catch (err) {
+        if (!(err instanceof DomainError && err.reason === 'LUN_ID_ALREADY_EXISTS') || attempt >= 4) throw err;
+        // Something passthru did not map holds that id on a node (the array mapped
+        // nothing): learn where, and choose again.
+        const held = await Promise.all(nodes.map(async (n) => (await array.listMaps({ igroup: n })).some((m) => m.lunId === lunId && m.lunUuid !== lun.uuid)));
+        const where = nodes.filter((_n, i) => held[i]);
+        for (const n of where.length > 0 ? where : nodes) lunIds.takenOnArray(n, lunId);
         ctx.journal(() => learn(ctx, { lunId: undefined }));
-        ctx.note(`LUN id ${lunId} is taken on node ${nodes[taken]} by a map passthru did not make; choosing another`);
+        ctx.note(`LUN id ${lunId} is taken on node ${(where.length > 0 ? where : nodes).join(', ')} by a map passthru did not make; choosing another`);
         continue;
       }
-      if (failed) throw (failed as PromiseRejectedResult).reason;
       const node = localNode(ctx);
       return () => {
         state.hostDisks.put({ node, serial: lun.serial, lunUuid: lun.uuid, lunId });

@@ -481,9 +481,9 @@ describe('guest-agent CLI (e2e)', function () {
       const lun = await d.availableLun('/vol/shared/foreign', 'windows', 64 * MiB, async (l) => {
         const initiator = 'iqn.2026-11.dev.passthru:old-server';
         await d.storage.createIgroup({ requestId: 'old-ig', name: 'old-server', protocol: IgroupProtocol.IGROUP_PROTOCOL_ISCSI, osType: OsType.OS_TYPE_WINDOWS, initiators: [initiator] });
-        await d.storage.mapLun({ requestId: 'old-map', lun: l.path, igroup: 'old-server' });
+        await d.storage.mapLun({ igroups: [], requestId: 'old-map', lun: l.path, igroup: 'old-server' });
         await d.storage.writeBlocks({ requestId: 'old-write', lun: l.path, initiator, offsetBytes: 0n, data: mbr });
-        await d.storage.unmapLun({ requestId: 'old-unmap', lun: l.path, igroup: 'old-server' });
+        await d.storage.unmapLun({ igroups: [], requestId: 'old-unmap', lun: l.path, igroup: 'old-server' });
         await d.storage.deleteIgroup({ requestId: 'old-del', name: 'old-server' });
       });
       const err = await vm1.fails(['disk', 'connect', '--lun', lun.serial, '--mount', 'H:'], 5);

@@ -451,9 +451,9 @@ describe('host-agent failover and pass-through block I/O over gRPC', function ()
       expectSucceeded(await c.settle(operation!.id));
       // The LUN stays on the array (no delete) with vm1's bytes, untouched by the refused write.
       const lun = (await allLuns(c)).find((l) => l.serial === e.result!.serial)!;
-      await c.storage.mapLun({ requestId: rid('map'), lun: lun.uuid, igroup: 'node3', lunId: 200 });
+      await c.storage.mapLun({ igroups: [], requestId: rid('map'), lun: lun.uuid, igroup: 'node3', lunId: 200 });
       expectBytes(await arrayRead(c, lun.uuid, 'node3', 0, 4096), we.chunks[0]!.data, 'the removed disk\'s bytes');
-      await c.storage.unmapLun({ requestId: rid('unmap'), lun: lun.uuid, igroup: 'node3' });
+      await c.storage.unmapLun({ igroups: [], requestId: rid('unmap'), lun: lun.uuid, igroup: 'node3' });
       expect(await c.violations()).to.deep.equal([]);
     });
 

@@ -1270,23 +1270,23 @@ describe('host-agent over gRPC', function () {
       await expectStatus(c.admin.addAvailableDisk({ requestId: rid(), lun: used.result!.serial }), Code.FAILED_PRECONDITION, 'LUN_IN_USE');
       expect(await snapshot(c)).to.deep.equal(mid);
       const foreign = await arrayLun(c, '/vol/extra/foreign');
-      await c.storage.mapLun({ requestId: '', lun: foreign.path, igroup: 'node3', lunId: 100 });
+      await c.storage.mapLun({ igroups: [], requestId: '', lun: foreign.path, igroup: 'node3', lunId: 100 });
       const mid2 = await snapshot(c);
       await expectStatus(c.admin.addAvailableDisk({ requestId: rid(), lun: foreign.path }), Code.FAILED_PRECONDITION, 'LUN_MAPPED');
       expect(await snapshot(c)).to.deep.equal(mid2);
-      await c.storage.unmapLun({ requestId: '', lun: foreign.path, igroup: 'node3' });
+      await c.storage.unmapLun({ igroups: [], requestId: '', lun: foreign.path, igroup: 'node3' });
       expect(await c.violations()).to.deep.equal([]);
     });
 
     it('a LUN id held on one node by a map passthru did not make is avoided: the shared disk gets one id free on every node', async () => {
       const foreign = await arrayLun(c, '/vol/extra/squatter');
-      await c.storage.mapLun({ requestId: '', lun: foreign.path, igroup: 'node2', lunId: 0 });
+      await c.storage.mapLun({ igroups: [], requestId: '', lun: foreign.path, igroup: 'node2', lunId: 0 });
       const op = await create(c, 'vm1', 'E:');
       expectSucceeded(op);
       expect(op.result!.lunId).to.not.equal(0);
       const maps = await allMaps(c, { lun: op.result!.serial });
       expect(maps.map((m) => [m.igroup, m.lunId])).to.deep.equal(NODES.map((n) => [n, op.result!.lunId]));
-      await c.storage.unmapLun({ requestId: '', lun: foreign.path, igroup: 'node2' });
+      await c.storage.unmapLun({ igroups: [], requestId: '', lun: foreign.path, igroup: 'node2' });
       expect(await c.violations()).to.deep.equal([]);
     });
   });

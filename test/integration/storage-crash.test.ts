@@ -255,11 +255,11 @@ async function clientLoop(client: Client, model: Model, run: LoadRun, seed: numb
       lun = unmapped[intIn(r, 0, unmapped.length - 1)]!;
       op =
         r() < 0.85 || live.length < 3
-          ? { kind: 'map', req: { requestId: idOf('map'), lun: lun.path, igroup: IGROUP } }
+          ? { kind: 'map', req: { requestId: idOf('map'), lun: lun.path, igroup: IGROUP, igroups: [] } }
           : { kind: 'delete', req: { requestId: idOf('delete'), lun: lun.path, force: false } };
     } else if (mapped.length > 0 && x < 0.33) {
       lun = mapped[intIn(r, 0, mapped.length - 1)]!;
-      op = { kind: 'unmap', req: { requestId: idOf('unmap'), lun: lun.path, igroup: IGROUP } };
+      op = { kind: 'unmap', req: { requestId: idOf('unmap'), lun: lun.path, igroup: IGROUP, igroups: [] } };
     } else if (mapped.length > 0 && x < 0.36 && live.length > 2) {
       lun = mapped[intIn(r, 0, mapped.length - 1)]!;
       op = { kind: 'delete', req: { requestId: idOf('delete'), lun: lun.path, force: true } };
@@ -289,7 +289,7 @@ async function clientLoop(client: Client, model: Model, run: LoadRun, seed: numb
       };
     } else {
       lun = unmapped[0]!;
-      op = { kind: 'map', req: { requestId: idOf('map'), lun: lun.path, igroup: IGROUP } };
+      op = { kind: 'map', req: { requestId: idOf('map'), lun: lun.path, igroup: IGROUP, igroups: [] } };
     }
 
     let answer: unknown;

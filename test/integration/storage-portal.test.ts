@@ -84,7 +84,7 @@ describe('storage-sim block portal', function () {
     }
     const created = await storage.createLun({ requestId: '', path: '/vol/vol1/portal', sizeBytes: BigInt(64 * MiB), osType: OsType.OS_TYPE_HYPER_V, provisioning: Provisioning.PROVISIONING_THIN, comment: '', pool: '' });
     lun = created.lun!.uuid;
-    await storage.mapLun({ requestId: '', lun, igroup: 'node-a', lunId: 0 });
+    await storage.mapLun({ igroups: [], requestId: '', lun, igroup: 'node-a', lunId: 0 });
   });
 
   afterEach(async () => {
@@ -138,7 +138,7 @@ describe('storage-sim block portal', function () {
   });
 
   it('a write by a node the reservation fences out is FAILED_PRECONDITION (RESERVATION_CONFLICT) and changes nothing; reads pass', async () => {
-    await storage.mapLun({ requestId: '', lun, igroup: 'node-b', lunId: 0 });
+    await storage.mapLun({ igroups: [], requestId: '', lun, igroup: 'node-b', lunId: 0 });
     try {
       await storage.registerReservationKey({ requestId: '', lun, initiator: A, key: 'a1' });
       await storage.reserve({ requestId: '', lun, initiator: A, key: 'a1', type: ReservationType.RESERVATION_TYPE_WRITE_EXCLUSIVE_REGISTRANTS_ONLY });
@@ -149,7 +149,7 @@ describe('storage-sim block portal', function () {
       expect(r.data.equals(Buffer.alloc(512, 7))).to.equal(false);
     } finally {
       await storage.registerReservationKey({ requestId: '', lun, initiator: A, key: '0' });
-      await storage.unmapLun({ requestId: '', lun, igroup: 'node-b' });
+      await storage.unmapLun({ igroups: [], requestId: '', lun, igroup: 'node-b' });
     }
   });
 
@@ -299,7 +299,7 @@ describe('storage-sim block portal across an array restart', function () {
     try {
       await storage.createIgroup({ requestId: '', name: 'node-a', protocol: IgroupProtocol.IGROUP_PROTOCOL_ISCSI, osType: OsType.OS_TYPE_HYPER_V, initiators: [A] });
       const { lun } = await storage.createLun({ requestId: '', path: '/vol/vol1/r', sizeBytes: BigInt(8 * MiB), osType: OsType.OS_TYPE_HYPER_V, provisioning: Provisioning.PROVISIONING_THIN, comment: '', pool: '' });
-      await storage.mapLun({ requestId: '', lun: lun!.uuid, igroup: 'node-a', lunId: 0 });
+      await storage.mapLun({ igroups: [], requestId: '', lun: lun!.uuid, igroup: 'node-a', lunId: 0 });
       await plane.write('w-1', lun!.uuid, 0n, Buffer.alloc(512, 8));
       const oldPortal = sim.portal.address;
       await sim.close(500);

@@ -102,7 +102,7 @@ const createIgroupReq = (o: Partial<CreateIgroupRequest>): CreateIgroupRequest =
   initiators: [],
   ...o,
 });
-const mapReq = (o: Partial<MapLunRequest>): MapLunRequest => ({ requestId: '', lun: '', igroup: '', lunId: undefined, ...o });
+const mapReq = (o: Partial<MapLunRequest>): MapLunRequest => ({ requestId: '', lun: '', igroup: '', igroups: [], lunId: undefined, ...o });
 const readReq = (o: Partial<ReadBlocksRequest>): ReadBlocksRequest => ({ lun: '', initiator: A, offsetBytes: 0n, lengthBytes: 512, ...o });
 const writeReq = (o: Partial<WriteBlocksRequest>): WriteBlocksRequest => ({
   requestId: '',
@@ -229,7 +229,7 @@ describe('storage-sim over gRPC', function () {
       ['MapLun at an id in use', () => storage.mapLun(mapReq({ lun: L2, igroup: 'bad_h1', lunId: 0 })), Code.ALREADY_EXISTS, /LUN id 0 of igroup bad_h1 is taken by \/vol\/bad\/lun1/],
       ['MapLun of an unknown LUN', () => storage.mapLun(mapReq({ lun: '/vol/bad/none', igroup: 'bad_h1' })), Code.NOT_FOUND, /does not exist/],
       ['MapLun to an unknown igroup', () => storage.mapLun(mapReq({ lun: L2, igroup: 'nope' })), Code.NOT_FOUND, /igroup "nope"/],
-      ['UnmapLun with an empty LUN', () => storage.unmapLun({ requestId: '', lun: '', igroup: 'bad_h1' }), Code.INVALID_ARGUMENT, /lun is required/],
+      ['UnmapLun with an empty LUN', () => storage.unmapLun({ igroups: [], requestId: '', lun: '', igroup: 'bad_h1' }), Code.INVALID_ARGUMENT, /lun is required/],
       ['ListLunMaps with a garbage page token', () => storage.listLunMaps(listMapsReq({ pageToken: 'nonsense' })), Code.INVALID_ARGUMENT, /page_token/],
       ['ListLunMaps of an unknown igroup', () => storage.listLunMaps(listMapsReq({ igroup: 'nope' })), Code.NOT_FOUND, /does not exist/],
       ['ReadBlocks at an unaligned offset', () => storage.readBlocks(readReq({ lun: L1, offsetBytes: 100n })), Code.INVALID_ARGUMENT, /offset_bytes 100 is not a non-negative multiple of 512/],
@@ -330,14 +330,47 @@ describe('storage-sim over gRPC', function () {
       expect(g2).to.deep.equal(g1);
     });
 
+    it('MapLun to several igroups maps to all at the lowest id free in every one, or to none; UnmapLun from several counts what it removed; both retry by request id', async () => {
+      await storage.createLun(createLunReq({ path: '/vol/multi/m1' }));
+      await storage.createLun(createLunReq({ path: '/vol/multi/m2' }));
+      await storage.createLun(createLunReq({ path: '/vol/multi/blocker' }));
+      for (const name of ['multi_a', 'multi_b', 'multi_c']) await storage.createIgroup(createIgroupReq({ name, initiators: [] }));
+      // Id 0 is taken in multi_b only: the common lowest free id is 1.
+      await storage.mapLun(mapReq({ lun: '/vol/multi/blocker', igroup: 'multi_b', lunId: 0 }));
+      const res = await storage.mapLun(mapReq({ requestId: 'multi-map', lun: '/vol/multi/m1', igroups: ['multi_a', 'multi_b', 'multi_c'] }));
+      expect(res.maps.map((m) => [m.igroup, m.lunId])).to.deep.equal([['multi_a', 1], ['multi_b', 1], ['multi_c', 1]]);
+      expect(res.map).to.deep.equal(res.maps[0]);
+      expect(await storage.mapLun(mapReq({ requestId: 'multi-map', lun: '/vol/multi/m1', igroups: ['multi_a', 'multi_b', 'multi_c'] }))).to.deep.equal(res);
+      // Id 0 asked for m2 is taken in multi_b: nothing is mapped, not even in multi_a.
+      const before = arrayState(sim.served.array);
+      await expectStatus(storage.mapLun(mapReq({ lun: '/vol/multi/m2', igroups: ['multi_a', 'multi_b'], lunId: 0 })), Code.ALREADY_EXISTS, 'LUN_ID_ALREADY_EXISTS');
+      expect(arrayState(sim.served.array)).to.deep.equal(before);
+      const un = await storage.unmapLun({ requestId: 'multi-unmap', lun: '/vol/multi/m1', igroup: '', igroups: ['multi_a', 'multi_c', 'multi_b'] });
+      expect(un).to.deep.equal({ unmapped: true, unmappedCount: 3 });
+      expect(await storage.unmapLun({ requestId: 'multi-unmap', lun: '/vol/multi/m1', igroup: '', igroups: ['multi_a', 'multi_c', 'multi_b'] })).to.deep.equal(un);
+      expect(await storage.unmapLun({ requestId: '', lun: '/vol/multi/m1', igroup: '', igroups: ['multi_a'] })).to.deep.equal({ unmapped: false, unmappedCount: 0 });
+    });
+
+    it('MapLun and UnmapLun refuse igroup and igroups together, an igroup named twice, and a malformed or unknown one in the list, changing nothing', async () => {
+      await storage.createLun(createLunReq({ path: '/vol/multi/bad' }));
+      await storage.createIgroup(createIgroupReq({ name: 'multi_x', initiators: [] }));
+      const before = arrayState(sim.served.array);
+      await expectStatus(storage.mapLun(mapReq({ lun: '/vol/multi/bad', igroup: 'multi_x', igroups: ['multi_x'] })), Code.INVALID_ARGUMENT, 'igroups');
+      await expectStatus(storage.mapLun(mapReq({ lun: '/vol/multi/bad', igroups: ['multi_x', 'multi_x'] })), Code.INVALID_ARGUMENT, /named twice/);
+      await expectStatus(storage.mapLun(mapReq({ lun: '/vol/multi/bad', igroups: ['multi_x', 'bad name!'] })), Code.INVALID_ARGUMENT, 'igroups[1]');
+      await expectStatus(storage.mapLun(mapReq({ lun: '/vol/multi/bad', igroups: ['multi_x', 'multi_nope'] })), Code.NOT_FOUND, /multi_nope/);
+      await expectStatus(storage.unmapLun({ requestId: '', lun: '/vol/multi/bad', igroup: 'multi_x', igroups: ['multi_x'] }), Code.INVALID_ARGUMENT, 'igroups');
+      expect(arrayState(sim.served.array)).to.deep.equal(before);
+    });
+
     it('MapLun, UnmapLun, DeleteLun and DeleteIgroup retried under their request ids return their first answers', async () => {
       await storage.createLun(createLunReq({ path: '/vol/idem/m1' }));
       await storage.createIgroup(createIgroupReq({ name: 'idem_m', initiators: [] }));
       const map = await storage.mapLun(mapReq({ requestId: 'idem-map', lun: '/vol/idem/m1', igroup: 'idem_m' }));
-      expect(await storage.unmapLun({ requestId: 'idem-unmap', lun: '/vol/idem/m1', igroup: 'idem_m' })).to.deep.equal({ unmapped: true });
+      expect(await storage.unmapLun({ igroups: [], requestId: 'idem-unmap', lun: '/vol/idem/m1', igroup: 'idem_m' })).to.deep.equal({ unmapped: true, unmappedCount: 1 });
       expect(await storage.mapLun(mapReq({ requestId: 'idem-map', lun: '/vol/idem/m1', igroup: 'idem_m' }))).to.deep.equal(map);
       expect((await storage.listLunMaps(listMapsReq({ igroup: 'idem_m' }))).maps).to.deep.equal([]);
-      expect(await storage.unmapLun({ requestId: 'idem-unmap', lun: '/vol/idem/m1', igroup: 'idem_m' })).to.deep.equal({ unmapped: true });
+      expect(await storage.unmapLun({ igroups: [], requestId: 'idem-unmap', lun: '/vol/idem/m1', igroup: 'idem_m' })).to.deep.equal({ unmapped: true, unmappedCount: 1 });
       expect(await storage.deleteLun(deleteLunReq({ requestId: 'idem-del', lun: '/vol/idem/m1' }))).to.deep.equal({ deleted: true, unmappedCount: 0 });
       expect(await storage.deleteLun(deleteLunReq({ requestId: 'idem-del', lun: '/vol/idem/m1' }))).to.deep.equal({ deleted: true, unmappedCount: 0 });
       expect(await storage.deleteLun(deleteLunReq({ lun: '/vol/idem/m1' }))).to.deep.equal({ deleted: false, unmappedCount: 0 });

@@ -79,7 +79,7 @@ describe('unary gRPC client over node:http2', function () {
     await c.createIgroup({ requestId: '', name: 'node-a', protocol: IgroupProtocol.IGROUP_PROTOCOL_ISCSI, osType: OsType.OS_TYPE_HYPER_V, initiators: [A] });
     const res = await c.createLun({ requestId: '', path: '/vol/v/u', sizeBytes: BigInt(16 * MiB), osType: OsType.OS_TYPE_HYPER_V, provisioning: Provisioning.PROVISIONING_THIN, comment: '', pool: '' });
     lun = res.lun!.uuid;
-    await c.mapLun({ requestId: '', lun, igroup: 'node-a', lunId: 0 });
+    await c.mapLun({ igroups: [], requestId: '', lun, igroup: 'node-a', lunId: 0 });
     await c.writeBlocks({ requestId: '', lun, initiator: A, offsetBytes: 0n, data: Buffer.alloc(MiB, 0x42) });
     c.close();
   });

@@ -184,16 +184,22 @@ export class FakeArray implements StorageArray {
     return lun;
   }
 
-  private insertMap(lun: FakeLun, igroup: string, lunId: number): void {
+  /** Throws what mapping the LUN there would refuse; true when it is mapped there already. */
+  private checkMap(lun: FakeLun, igroup: string, lunId: number): boolean {
     if (!Number.isInteger(lunId) || lunId < 0 || lunId > MAX_LUN_ID) throw new InvalidArgumentError('lun_id', `lun_id ${lunId} is out of range`);
     const current = this.maps.get(lun.uuid)?.get(igroup);
-    if (current === lunId) return;
+    if (current === lunId) return true;
     if (current !== undefined) throw new AlreadyExistsError('LUN map', `${lun.path}@${igroup}`, `LUN ${lun.path} is already mapped to ${igroup} at ${current}`);
     for (const [uuid, byIg] of this.maps) {
       if (byIg.get(igroup) === lunId) {
         throw new AlreadyExistsError('LUN id', `${igroup}/${lunId}`, `LUN id ${lunId} of igroup ${igroup} is taken by ${this.luns.get(uuid)!.path}`);
       }
     }
+    return false;
+  }
+
+  private insertMap(lun: FakeLun, igroup: string, lunId: number): void {
+    if (this.checkMap(lun, igroup, lunId)) return;
     let m = this.maps.get(lun.uuid);
     if (!m) this.maps.set(lun.uuid, (m = new Map()));
     m.set(igroup, lunId);
@@ -263,23 +269,25 @@ export class FakeArray implements StorageArray {
     );
   }
 
-  mapLun(req: { requestId: string; lun: string; igroup: string; lunId: number }): Promise<void> {
+  /** All igroups or none, as the array maps them. */
+  mapLun(req: { requestId: string; lun: string; igroups: readonly string[]; lunId: number }): Promise<void> {
     return this.call('mapLun', req, () =>
-      this.replay('mapLun', req.requestId, { lun: req.lun, igroup: req.igroup, lunId: req.lunId }, () => {
+      this.replay('mapLun', req.requestId, { lun: req.lun, igroups: req.igroups, lunId: req.lunId }, () => {
         const lun = this.lunOrThrow(req.lun);
-        this.igroupOrThrow(req.igroup);
-        this.insertMap(lun, req.igroup, req.lunId);
+        for (const ig of req.igroups) this.igroupOrThrow(ig);
+        for (const ig of req.igroups) this.checkMap(lun, ig, req.lunId);
+        for (const ig of req.igroups) this.insertMap(lun, ig, req.lunId);
       }),
     );
   }
 
-  unmapLun(req: { requestId: string; lun: string; igroup: string }): Promise<void> {
+  unmapLun(req: { requestId: string; lun: string; igroups: readonly string[] }): Promise<void> {
     return this.call('unmapLun', req, () =>
-      this.replay('unmapLun', req.requestId, { lun: req.lun, igroup: req.igroup }, () => {
+      this.replay('unmapLun', req.requestId, { lun: req.lun, igroups: req.igroups }, () => {
         const lun = this.find(req.lun);
         if (!lun) return;
         const m = this.maps.get(lun.uuid);
-        m?.delete(req.igroup);
+        for (const ig of req.igroups) m?.delete(ig);
         if (m?.size === 0) this.maps.delete(lun.uuid);
       }),
     );

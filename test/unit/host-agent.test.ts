@@ -307,10 +307,10 @@ describe('HostAgent over a fake array', () => {
       }
     }
 
-    it('create: a failure on the last node\'s MapLun unmaps the nodes already mapped', async () => {
+    it('create: a MapLun refused for one node\'s igroup maps nothing on any node, and the create rolls back', async () => {
       const before = world(w);
       const orig = w.fake.mapLun.bind(w.fake);
-      w.fake.mapLun = (req) => (req.igroup === 'node3' ? Promise.reject(new UnavailableError('node3 path down')) : orig(req));
+      w.fake.mapLun = (req) => (req.igroups.includes('node3') ? Promise.reject(new UnavailableError('node3 path down')) : orig(req));
       const op = await create(w, 'vm1', 'E:');
       expect(op.state).to.equal('failed');
       expect(world(w)).to.deep.equal(before);

@@ -515,24 +515,41 @@ export interface DeleteIgroupResponse {
 export interface MapLunRequest {
   requestId: string;
   lun: string;
+  /** The igroup to map to; or leave it empty and name several in igroups. */
   igroup: string;
-  /** 0-4095; absent means the lowest id free in the igroup. */
-  lunId?: number | undefined;
+  /** 0-4095; absent means the lowest id free in the igroup (in every one of igroups). */
+  lunId?:
+    | number
+    | undefined;
+  /** Several igroups at once (a shared cluster disk), all at the same LUN id, all or none. */
+  igroups: string[];
 }
 
 export interface MapLunResponse {
-  map: LunMap | undefined;
+  /** The map (with igroups: the first one's). */
+  map:
+    | LunMap
+    | undefined;
+  /** One map per igroup, in the order asked. */
+  maps: LunMap[];
 }
 
 export interface UnmapLunRequest {
   requestId: string;
   lun: string;
+  /** The igroup to unmap from; or leave it empty and name several in igroups. */
   igroup: string;
+  igroups: string[];
 }
 
 export interface UnmapLunResponse {
-  /** False when the LUN was not mapped to the igroup (or either is gone). */
+  /**
+   * False when the LUN was not mapped to the igroup (or either is gone); with igroups,
+   * whether any map was removed.
+   */
   unmapped: boolean;
+  /** How many maps were removed. */
+  unmappedCount: number;
 }
 
 export interface ListLunMapsRequest {
@@ -3834,7 +3851,7 @@ export const DeleteIgroupResponse: MessageFns<DeleteIgroupResponse> = {
 };
 
 function createBaseMapLunRequest(): MapLunRequest {
-  return { requestId: "", lun: "", igroup: "", lunId: undefined };
+  return { requestId: "", lun: "", igroup: "", lunId: undefined, igroups: [] };
 }
 
 export const MapLunRequest: MessageFns<MapLunRequest> = {
@@ -3850,6 +3867,9 @@ export const MapLunRequest: MessageFns<MapLunRequest> = {
     }
     if (message.lunId !== undefined) {
       writer.uint32(32).uint32(message.lunId);
+    }
+    for (const v of message.igroups) {
+      writer.uint32(42).string(v!);
     }
     return writer;
   },
@@ -3899,6 +3919,14 @@ export const MapLunRequest: MessageFns<MapLunRequest> = {
             message.lunId = reader.uint32();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.igroups.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3925,6 +3953,7 @@ export const MapLunRequest: MessageFns<MapLunRequest> = {
         : isSet(object.lun_id)
         ? globalThis.Number(object.lun_id)
         : undefined,
+      igroups: globalThis.Array.isArray(object?.igroups) ? object.igroups.map((e: any) => globalThis.String(e)) : [],
     };
   },
 
@@ -3942,18 +3971,24 @@ export const MapLunRequest: MessageFns<MapLunRequest> = {
     if (message.lunId !== undefined) {
       obj.lunId = Math.round(message.lunId);
     }
+    if (message.igroups?.length) {
+      obj.igroups = message.igroups;
+    }
     return obj;
   },
 };
 
 function createBaseMapLunResponse(): MapLunResponse {
-  return { map: undefined };
+  return { map: undefined, maps: [] };
 }
 
 export const MapLunResponse: MessageFns<MapLunResponse> = {
   encode(message: MapLunResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.map !== undefined) {
       LunMap.encode(message.map, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.maps) {
+      LunMap.encode(v!, writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -3979,6 +4014,14 @@ export const MapLunResponse: MessageFns<MapLunResponse> = {
             message.map = LunMap.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.maps.push(LunMap.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3992,7 +4035,10 @@ export const MapLunResponse: MessageFns<MapLunResponse> = {
   },
 
   fromJSON(object: any): MapLunResponse {
-    return { map: isSet(object.map) ? LunMap.fromJSON(object.map) : undefined };
+    return {
+      map: isSet(object.map) ? LunMap.fromJSON(object.map) : undefined,
+      maps: globalThis.Array.isArray(object?.maps) ? object.maps.map((e: any) => LunMap.fromJSON(e)) : [],
+    };
   },
 
   toJSON(message: MapLunResponse): unknown {
@@ -4000,12 +4046,15 @@ export const MapLunResponse: MessageFns<MapLunResponse> = {
     if (message.map !== undefined) {
       obj.map = LunMap.toJSON(message.map);
     }
+    if (message.maps?.length) {
+      obj.maps = message.maps.map((e) => LunMap.toJSON(e));
+    }
     return obj;
   },
 };
 
 function createBaseUnmapLunRequest(): UnmapLunRequest {
-  return { requestId: "", lun: "", igroup: "" };
+  return { requestId: "", lun: "", igroup: "", igroups: [] };
 }
 
 export const UnmapLunRequest: MessageFns<UnmapLunRequest> = {
@@ -4018,6 +4067,9 @@ export const UnmapLunRequest: MessageFns<UnmapLunRequest> = {
     }
     if (message.igroup !== "") {
       writer.uint32(26).string(message.igroup);
+    }
+    for (const v of message.igroups) {
+      writer.uint32(34).string(v!);
     }
     return writer;
   },
@@ -4059,6 +4111,14 @@ export const UnmapLunRequest: MessageFns<UnmapLunRequest> = {
             message.igroup = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.igroups.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4080,6 +4140,7 @@ export const UnmapLunRequest: MessageFns<UnmapLunRequest> = {
         : "",
       lun: isSet(object.lun) ? globalThis.String(object.lun) : "",
       igroup: isSet(object.igroup) ? globalThis.String(object.igroup) : "",
+      igroups: globalThis.Array.isArray(object?.igroups) ? object.igroups.map((e: any) => globalThis.String(e)) : [],
     };
   },
 
@@ -4094,18 +4155,24 @@ export const UnmapLunRequest: MessageFns<UnmapLunRequest> = {
     if (message.igroup !== "") {
       obj.igroup = message.igroup;
     }
+    if (message.igroups?.length) {
+      obj.igroups = message.igroups;
+    }
     return obj;
   },
 };
 
 function createBaseUnmapLunResponse(): UnmapLunResponse {
-  return { unmapped: false };
+  return { unmapped: false, unmappedCount: 0 };
 }
 
 export const UnmapLunResponse: MessageFns<UnmapLunResponse> = {
   encode(message: UnmapLunResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.unmapped !== false) {
       writer.uint32(8).bool(message.unmapped);
+    }
+    if (message.unmappedCount !== 0) {
+      writer.uint32(16).uint32(message.unmappedCount);
     }
     return writer;
   },
@@ -4131,6 +4198,14 @@ export const UnmapLunResponse: MessageFns<UnmapLunResponse> = {
             message.unmapped = reader.bool();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.unmappedCount = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4144,13 +4219,23 @@ export const UnmapLunResponse: MessageFns<UnmapLunResponse> = {
   },
 
   fromJSON(object: any): UnmapLunResponse {
-    return { unmapped: isSet(object.unmapped) ? globalThis.Boolean(object.unmapped) : false };
+    return {
+      unmapped: isSet(object.unmapped) ? globalThis.Boolean(object.unmapped) : false,
+      unmappedCount: isSet(object.unmappedCount)
+        ? globalThis.Number(object.unmappedCount)
+        : isSet(object.unmapped_count)
+        ? globalThis.Number(object.unmapped_count)
+        : 0,
+    };
   },
 
   toJSON(message: UnmapLunResponse): unknown {
     const obj: any = {};
     if (message.unmapped !== false) {
       obj.unmapped = message.unmapped;
+    }
+    if (message.unmappedCount !== 0) {
+      obj.unmappedCount = Math.round(message.unmappedCount);
     }
     return obj;
   },
@@ -6722,7 +6807,10 @@ export const StorageArrayServiceService = {
       Buffer.from(DeleteIgroupResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteIgroupResponse => DeleteIgroupResponse.decode(value),
   },
-  /** Maps a LUN to an igroup at a LUN id (0-4095), the lowest free one when none is given. */
+  /**
+   * Maps a LUN to an igroup (or to several at once, all or none) at a LUN id (0-4095), the
+   * lowest free one when none is given.
+   */
   mapLun: {
     path: "/passthru.storage.v1.StorageArrayService/MapLun" as const,
     requestStream: false as const,
@@ -6732,7 +6820,7 @@ export const StorageArrayServiceService = {
     responseSerialize: (value: MapLunResponse): Buffer => Buffer.from(MapLunResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): MapLunResponse => MapLunResponse.decode(value),
   },
-  /** Unmaps a LUN from an igroup. Unmapping what is not mapped succeeds. */
+  /** Unmaps a LUN from an igroup (or several). Unmapping what is not mapped succeeds. */
   unmapLun: {
     path: "/passthru.storage.v1.StorageArrayService/UnmapLun" as const,
     requestStream: false as const,
@@ -6884,9 +6972,12 @@ export interface StorageArrayServiceServer extends UntypedServiceImplementation 
    * that does not exist succeeds.
    */
   deleteIgroup: handleUnaryCall<DeleteIgroupRequest, DeleteIgroupResponse>;
-  /** Maps a LUN to an igroup at a LUN id (0-4095), the lowest free one when none is given. */
+  /**
+   * Maps a LUN to an igroup (or to several at once, all or none) at a LUN id (0-4095), the
+   * lowest free one when none is given.
+   */
   mapLun: handleUnaryCall<MapLunRequest, MapLunResponse>;
-  /** Unmaps a LUN from an igroup. Unmapping what is not mapped succeeds. */
+  /** Unmaps a LUN from an igroup (or several). Unmapping what is not mapped succeeds. */
   unmapLun: handleUnaryCall<UnmapLunRequest, UnmapLunResponse>;
   /** Maps of one LUN, of one igroup, or (neither given) all maps; paged. */
   listLunMaps: handleUnaryCall<ListLunMapsRequest, ListLunMapsResponse>;
@@ -7143,7 +7234,10 @@ export interface StorageArrayServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteIgroupResponse) => void,
   ): ClientUnaryCall;
-  /** Maps a LUN to an igroup at a LUN id (0-4095), the lowest free one when none is given. */
+  /**
+   * Maps a LUN to an igroup (or to several at once, all or none) at a LUN id (0-4095), the
+   * lowest free one when none is given.
+   */
   mapLun(
     request: MapLunRequest,
     callback: (error: ServiceError | null, response: MapLunResponse) => void,
@@ -7159,7 +7253,7 @@ export interface StorageArrayServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: MapLunResponse) => void,
   ): ClientUnaryCall;
-  /** Unmaps a LUN from an igroup. Unmapping what is not mapped succeeds. */
+  /** Unmaps a LUN from an igroup (or several). Unmapping what is not mapped succeeds. */
   unmapLun(
     request: UnmapLunRequest,
     callback: (error: ServiceError | null, response: UnmapLunResponse) => void,
