@@ -9,6 +9,7 @@ import type {
   UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import { status as Code } from '@grpc/grpc-js';
+import { identityOfCertificate, type PeerIdentity } from './identity.js';
 import type { Logger } from './logging.js';
 import { toStatus } from './status.js';
 
@@ -22,6 +23,11 @@ export interface CallContext {
   log: Record<string, unknown>;
   /** Aborted when the client cancels or the deadline passes. */
   signal: AbortSignal;
+  /**
+   * Who is calling, from the client certificate of an mTLS connection (role, node and
+   * initiator: common/identity.ts); undefined on a plaintext one. Read on first use.
+   */
+  readonly identity: PeerIdentity | undefined;
 }
 
 export type UnaryHandler<Req, Res> = (req: Req, ctx: CallContext) => Promise<Res> | Res;
@@ -36,7 +42,8 @@ export type StreamHandler<Req, Res> = (
  * Fault injection and (later) authorization plug in here, so handlers stay plain.
  */
 export interface CallHooks {
-  before?(ctx: CallContext): Promise<void> | void;
+  /** The request is the decoded message, the handler's own: a hook may check it. */
+  before?(ctx: CallContext, request: unknown): Promise<void> | void;
   /** After the handler succeeded, before the reply is sent. */
   after?(ctx: CallContext): Promise<void> | void;
 }
@@ -68,6 +75,7 @@ function contextOf(method: string, call: ServerUnaryCall<unknown, unknown> | Ser
   let abort: AbortController | undefined;
   let cancelled = false;
   let peer: string | undefined;
+  let identity: PeerIdentity | undefined | null = null;
   call.on('cancelled', () => {
     cancelled = true;
     abort?.abort();
@@ -79,6 +87,10 @@ function contextOf(method: string, call: ServerUnaryCall<unknown, unknown> | Ser
     },
     metadata: call.metadata,
     log: {},
+    get identity(): PeerIdentity | undefined {
+      if (identity === null) identity = identityOfCertificate(call.getAuthContext()?.sslPeerCertificate);
+      return identity;
+    },
     get signal(): AbortSignal {
       if (!abort) {
         abort = new AbortController();
@@ -129,7 +141,7 @@ export function implement<Def extends ServiceDefinition>(
         const ctx = contextOf(method, call);
         void (async () => {
           try {
-            await opts.hooks?.before?.(ctx);
+            await opts.hooks?.before?.(ctx, call.request);
             await stream(call.request, ctx, (res) => call.write(res));
             await opts.hooks?.after?.(ctx);
             call.end();
@@ -154,7 +166,7 @@ export function implement<Def extends ServiceDefinition>(
           try {
             // Awaits only what is a promise: a plain handler with no hooks answers in the same
             // turn, without a microtask hop per await.
-            const before = opts.hooks?.before?.(ctx);
+            const before = opts.hooks?.before?.(ctx, call.request);
             if (isPromiseLike(before)) await before;
             res = unary(call.request, ctx);
             if (isPromiseLike(res)) res = await res;
