@@ -1,0 +1,4 @@
+#!/usr/bin/env node
+import { main } from '../dist/common/passthru-cli.js';
+
+await main(process.argv);

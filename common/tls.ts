@@ -1,0 +1,124 @@
+/**
+ * mTLS for passthru's TCP endpoints: the files a program is given (--tls-cert, --tls-key,
+ * --tls-ca, or a `passthru pki init` directory), checked once at start-up so a wrong path or
+ * a key that does not match its certificate is said plainly instead of failing every
+ * handshake; then credentials for grpc-js servers and clients and options for node:tls and
+ * node:http2. Servers require a client certificate signed by the CA; clients check that the
+ * server's certificate names the host they dialled and carries the role they expect (the
+ * array, the host agent), so another certificate of the same CA cannot stand in for it.
+ * Without TLS nothing here is used: plaintext on loopback is the development mode.
+ */
+import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { checkServerIdentity, type ConnectionOptions, type PeerCertificate } from 'node:tls';
+import { credentials, ServerCredentials, type ChannelCredentials } from '@grpc/grpc-js';
+import { InvalidArgumentError } from './errors.js';
+import { identityOfCertificate, identityOfX509, type PeerIdentity, type Role } from './identity.js';
+
+/** Where a program's certificate, key and CA certificate are (PEM files). */
+export interface TlsFiles {
+  cert: string;
+  key: string;
+  ca: string;
+}
+
+/** The loaded files. Never logged: `key` is a secret. */
+export interface TlsMaterial {
+  cert: Buffer;
+  key: Buffer;
+  ca: Buffer;
+  /** Where the certificate came from, for messages. */
+  certPath: string;
+}
+
+/**
+ * The files `passthru pki init DIR` writes for one identity: DIR/<name>.crt, DIR/<name>.key
+ * and DIR/ca.crt (`name` is array, host-agent, admin or nodes/<node>).
+ */
+export function pkiFiles(dir: string, name: string): TlsFiles {
+  return { cert: join(dir, `${name}.crt`), key: join(dir, `${name}.key`), ca: join(dir, 'ca.crt') };
+}
+
+function read(path: string, flag: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new InvalidArgumentError(flag, `${flag} ${path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`);
+  }
+}
+
+/**
+ * Reads and checks the files: each parses, the key is the certificate's, and the CA signed
+ * the certificate. Each problem names the flag to fix.
+ */
+export function loadTls(files: TlsFiles, flags = { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }): TlsMaterial {
+  const cert = read(files.cert, flags.cert);
+  const key = read(files.key, flags.key);
+  const ca = read(files.ca, flags.ca);
+  let leaf: X509Certificate;
+  let root: X509Certificate;
+  try {
+    leaf = new X509Certificate(cert);
+  } catch {
+    throw new InvalidArgumentError(flags.cert, `${flags.cert} ${files.cert} is not a PEM certificate`);
+  }
+  try {
+    root = new X509Certificate(ca);
+  } catch {
+    throw new InvalidArgumentError(flags.ca, `${flags.ca} ${files.ca} is not a PEM certificate`);
+  }
+  try {
+    if (!leaf.checkPrivateKey(createPrivateKey(key))) throw new Error('mismatch');
+  } catch {
+    throw new InvalidArgumentError(flags.key, `${flags.key} ${files.key} is not the private key of ${flags.cert} ${files.cert}`);
+  }
+  if (!leaf.checkIssued(root) || !leaf.verify(root.publicKey)) {
+    throw new InvalidArgumentError(flags.ca, `${flags.cert} ${files.cert} is not signed by the CA in ${flags.ca} ${files.ca}`);
+  }
+  return { cert, key, ca, certPath: files.cert };
+}
+
+/** Who the loaded certificate says its holder is (to check a program was given the right one). */
+export function identityOfMaterial(tls: TlsMaterial): PeerIdentity {
+  return identityOfX509(new X509Certificate(tls.cert));
+}
+
+/** A gRPC server's credentials: its certificate, and client certificates the CA signed required. */
+export function serverCredentials(tls: TlsMaterial | undefined): ServerCredentials {
+  if (!tls) return ServerCredentials.createInsecure();
+  return ServerCredentials.createSsl(tls.ca, [{ cert_chain: tls.cert, private_key: tls.key }], true);
+}
+
+// One function per role, so equal credentials compare equal and grpc-js shares connections.
+const checkers = new Map<Role | undefined, (host: string, cert: PeerCertificate) => Error | undefined>();
+
+/**
+ * Node's own host name check, then the role: the server must be the kind of program the
+ * client meant to reach (undefined: any certificate of the CA, e.g. a test's reflection client).
+ */
+export function serverIdentityCheck(expect: Role | undefined): (host: string, cert: PeerCertificate) => Error | undefined {
+  let check = checkers.get(expect);
+  if (!check) {
+    check = (host, cert) => {
+      const err = checkServerIdentity(host, cert);
+      if (err || expect === undefined) return err;
+      const id = identityOfCertificate(cert);
+      if (id?.role === expect) return undefined;
+      return new Error(`the server at ${host} presented a certificate of role ${id?.role ?? 'none'} (${id?.subject ?? 'no subject'}), not of the ${expect}`);
+    };
+    checkers.set(expect, check);
+  }
+  return check;
+}
+
+/** A grpc-js client's credentials: plaintext without TLS. */
+export function channelCredentials(tls: TlsMaterial | undefined, expect?: Role): ChannelCredentials {
+  if (!tls) return credentials.createInsecure();
+  return credentials.createSsl(tls.ca, tls.key, tls.cert, { checkServerIdentity: serverIdentityCheck(expect) });
+}
+
+/** node:tls / node:http2 client options for the same. */
+export function clientTlsOptions(tls: TlsMaterial, expect?: Role): ConnectionOptions {
+  return { ca: tls.ca, cert: tls.cert, key: tls.key, checkServerIdentity: serverIdentityCheck(expect) };
+}
