@@ -11,6 +11,7 @@ import type {
 import { status as Code } from '@grpc/grpc-js';
 import { identityOfCertificate, type PeerIdentity } from './identity.js';
 import type { Logger } from './logging.js';
+import type { RpcMetrics } from './metrics.js';
 import { toStatus } from './status.js';
 
 /** What a handler knows about its call besides the request. */
@@ -51,8 +52,15 @@ export interface CallHooks {
 export interface ImplementOptions {
   logger: Logger;
   hooks?: CallHooks;
-  /** Methods whose successful calls log at debug (reads, block I/O); others log at info. */
+  /**
+   * Reads and block I/O: their successful calls log at debug. Every other method changes
+   * something, and each of its calls writes an audit line (who, what, result) at info.
+   */
   quietMethods?: ReadonlySet<string>;
+  /** Who is calling, for audit lines: e.g. vm:vm1, or an admin certificate's subject. The peer address by default. */
+  caller?: (ctx: CallContext) => string;
+  /** Where each call is counted and timed. */
+  metrics?: RpcMetrics;
 }
 
 type RequestOf<M> = M extends { requestDeserialize: (b: Buffer) => infer R } ? R : never;
@@ -109,6 +117,11 @@ function shortName(path: string): string {
   return path.slice(path.lastIndexOf('/') + 1);
 }
 
+/** passthru.host.v1.GuestService from /passthru.host.v1.GuestService/CreateDisk. */
+function serviceName(path: string): string {
+  return path.slice(1, path.lastIndexOf('/'));
+}
+
 /**
  * Turns plain `async (req, ctx) => res` handlers into a grpc-js implementation: one log line
  * per call ({method, code, ms, ...ctx.log}), hooks before and after, every error through the
@@ -125,12 +138,19 @@ export function implement<Def extends ServiceDefinition>(
     const method = shortName(def.path);
     const handler = handlers[key] as unknown;
     if (typeof handler !== 'function') throw new Error(`no handler for ${def.path}`);
+    const service = serviceName(def.path);
+    const mutation = !opts.quietMethods?.has(method);
     const finish = (ctx: CallContext, started: bigint, code: Code, err?: unknown): void => {
       const ms = Number(process.hrtime.bigint() - started) / 1e6;
-      const quiet = code === Code.OK && opts.quietMethods?.has(method);
-      const level = code === Code.OK ? (quiet ? 'debug' : 'info') : code === Code.INTERNAL ? 'error' : 'warn';
+      opts.metrics?.observe(service, method, Code[code] ?? String(code), ms / 1000);
+      // A mutation's line is its audit record: logged whatever the level of its outcome.
+      const level = code === Code.OK ? (mutation ? 'info' : 'debug') : code === Code.INTERNAL ? 'error' : 'warn';
       if (!opts.logger.isLevelEnabled(level)) return;
       const fields: Record<string, unknown> = { method, code: Code[code], ms: Math.round(ms * 1000) / 1000, ...ctx.log };
+      if (mutation) {
+        fields.audit = true;
+        fields.who = opts.caller ? opts.caller(ctx) : ctx.peer;
+      }
       if (err !== undefined && code !== Code.INTERNAL) fields.error = err instanceof Error ? err.message : String(err);
       opts.logger.log(level, 'rpc', fields);
     };

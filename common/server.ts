@@ -7,6 +7,7 @@ import { loadDescriptorSet, reflectionServices } from './reflection.js';
 import { implement } from './rpc.js';
 import type { ServiceRegistration } from './service.js';
 import { MAX_MESSAGE_BYTES } from './limits.js';
+import type { RpcMetrics } from './metrics.js';
 
 
 /**
@@ -27,6 +28,8 @@ export interface StartServerOptions {
   /** Overall health until the program says otherwise; NOT_SERVING while it recovers. */
   initialHealth?: 'SERVING' | 'NOT_SERVING';
   channelOptions?: ChannelOptions;
+  /** Where the diagnostics service's calls are counted (the program's own services count theirs). */
+  metrics?: RpcMetrics;
 }
 
 export interface RunningServer {
@@ -40,14 +43,14 @@ export interface RunningServer {
   shutdown(graceMs?: number): Promise<void>;
 }
 
-export function diagnosticsService(logger: Logger): ServiceRegistration {
+export function diagnosticsService(logger: Logger, metrics?: RpcMetrics): ServiceRegistration {
   return {
     name: 'passthru.diag.v1.DiagnosticsService',
     definition: DiagnosticsServiceService,
     implementation: implement(
       DiagnosticsServiceService,
       { ping: (req: PingRequest): PingResponse => ({ receivedBytes: req.payload.length }) },
-      { logger, quietMethods: new Set(['Ping']) },
+      { logger, quietMethods: new Set(['Ping']), metrics },
     ),
   };
 }
@@ -66,7 +69,7 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
     ...opts.channelOptions,
   });
   const health = new HealthRegistry(opts.initialHealth ?? 'SERVING');
-  const services: ServiceRegistration[] = [...opts.services, diagnosticsService(opts.logger), health.registration()];
+  const services: ServiceRegistration[] = [...opts.services, diagnosticsService(opts.logger, opts.metrics), health.registration()];
   const names = (): string[] => [...services.map((s) => s.name), ...reflection.map((s) => s.name)];
   const reflection = reflectionServices(loadDescriptorSet(), names);
   for (const s of [...services, ...reflection]) server.addService(s.definition, s.implementation);

@@ -67,6 +67,8 @@ export interface AgentOptions {
   backoff?: BackoffPolicy;
   /** Called at each step point (tests stop the process there). */
   hook?: StepHook;
+  /** Hears every step event of every operation, and each operation's end (metrics). */
+  observe?: OperationListener;
 }
 
 export interface DiskView {
@@ -129,7 +131,7 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
       remove_available_disk: removeAvailableWorkflow(createValidate(() => undefined)),
     };
     this.workflows = workflows;
-    this.engine = new Engine(this.state, this.env, workflows, this.logger, { backoff: opts.backoff, hook: opts.hook });
+    this.engine = new Engine(this.state, this.env, workflows, this.logger, { backoff: opts.backoff, hook: opts.hook, observe: opts.observe });
     this.failover = new Failover(this, this.logger);
   }
 

@@ -16,6 +16,7 @@ export function buildProgram(): Command {
     .requiredOption('--data-dir <dir>', 'where host-agent.db lives (created if missing)')
     .requiredOption('--cluster <file>', 'the cluster file (JSON: nodes, VMs, owner of Available Storage)')
     .option('--socket-dir <dir>', "where the VMs' GuestService sockets go (default <data-dir>/sock)")
+    .option('--metrics-listen <addr>', 'host:port to serve Prometheus metrics on, at /metrics (off unless given)')
     .option('--array-attempts <n>', 'attempts per array call when the array is unavailable', (v) => Number.parseInt(v, 10))
     .option('--array-timeout-ms <ms>', 'deadline of each array call', (v) => Number.parseInt(v, 10))
     .addOption(new Option('--crash-at <point>', 'tests only: SIGKILL this process at a workflow step, [kind:]step[@before|during|after]').hideHelp())
@@ -27,6 +28,7 @@ export function buildProgram(): Command {
         dataDir: string;
         cluster: string;
         socketDir?: string;
+        metricsListen?: string;
         arrayAttempts?: number;
         arrayTimeoutMs?: number;
         crashAt?: string;
@@ -48,11 +50,13 @@ export function buildProgram(): Command {
           dataDir: o.dataDir,
           cluster: readClusterFile(o.cluster),
           socketDir: o.socketDir,
+          metricsListen: o.metricsListen,
           logger,
           retry,
           crashAt: o.crashAt,
         });
         process.stdout.write(`host-agent listening on ${serving.admin.address} (recovering)\n`);
+        if (serving.metrics) process.stdout.write(`host-agent metrics on http://${serving.metrics.address}/metrics\n`);
         stopOnSignals(serving.admin, logger, () => serving.close());
         await serving.ready;
         // Scripts and tests wait for this line: from here on health says SERVING.

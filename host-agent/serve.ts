@@ -7,7 +7,9 @@ import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { InvalidArgumentError } from '../common/errors.js';
 import type { Logger } from '../common/logging.js';
+import { programMetrics, serveMetrics, type MetricsEndpoint } from '../common/metrics.js';
 import { startServer, type RunningServer } from '../common/server.js';
+import type { Registry } from 'prom-client';
 import { HostAgent, STEPS } from './agent.js';
 import { DEFAULT_RETRY, type RetryPolicy } from './array.js';
 import { GrpcArray } from './grpc-array.js';
@@ -16,6 +18,7 @@ import { BlockIo } from './block-io.js';
 import type { ClusterFile } from './cluster-file.js';
 import type { VmRecord } from './model.js';
 import { adminService, guestService } from './service.js';
+import { hostMetrics } from './metrics.js';
 import { HostState } from './state.js';
 import { SqliteStore } from './store.js';
 import type { BackoffPolicy, StepHook, StepPoint } from './workflow/engine.js';
@@ -31,6 +34,8 @@ export interface ServeHostAgentOptions {
   cluster: ClusterFile;
   /** Where the VMs' sockets go (default <data-dir>/sock). */
   socketDir?: string;
+  /** host:port for Prometheus metrics at /metrics; none unless given. */
+  metricsListen?: string;
   logger: Logger;
   retry?: Partial<RetryPolicy>;
   backoff?: BackoffPolicy;
@@ -42,6 +47,9 @@ export interface ServingHostAgent {
   agent: HostAgent;
   admin: RunningServer;
   guests: Map<string, RunningServer>;
+  /** The Prometheus registry, and its endpoint when --metrics-listen was given. */
+  registry: Registry;
+  metrics?: MetricsEndpoint;
   /** Settles once the igroups are ensured and the journal recovered (health SERVING). */
   ready: Promise<void>;
   close(graceMs?: number): Promise<void>;
@@ -85,6 +93,9 @@ export async function serveHostAgent(opts: ServeHostAgentOptions): Promise<Servi
   const stored = state.meta.get('cluster')?.value as { name: string; volume: string } | undefined;
   const cluster = stored ?? { name: opts.cluster.name, volume: opts.cluster.volume };
   const array = new GrpcArray(opts.storage, logger, { ...DEFAULT_RETRY, ...opts.retry });
+  const { registry, rpc } = programMetrics('host-agent');
+  let inFlight = (): number => 0;
+  const counted = hostMetrics(registry, state, () => inFlight());
   const agent = new HostAgent({
     state,
     array,
@@ -92,7 +103,9 @@ export async function serveHostAgent(opts: ServeHostAgentOptions): Promise<Servi
     cluster,
     backoff: opts.backoff,
     hook: opts.crashAt ? crashHook(opts.crashAt, logger) : undefined,
+    observe: counted.observe,
   });
+  inFlight = () => agent.engine.inFlight;
   // One data path per node: a block portal session as that node's initiator.
   const planes = new Map<string, PortalDataPlane>();
   const portal = (): Promise<string> => array.blockPortal();
@@ -102,12 +115,15 @@ export async function serveHostAgent(opts: ServeHostAgentOptions): Promise<Servi
     if (!p && n) planes.set(node, (p = new PortalDataPlane(portal, n.initiator, logger, { ...DEFAULT_RETRY, ...opts.retry })));
     return p;
   });
-  let admin: RunningServer;
+  let admin: RunningServer | undefined;
+  let metrics: MetricsEndpoint | undefined;
   const guests = new Map<string, RunningServer>();
   try {
     agent.seed(opts.cluster);
-    admin = await startServer({ listen: opts.listen, services: [adminService(agent, endpoint, logger)], logger, initialHealth: 'NOT_SERVING' });
+    admin = await startServer({ listen: opts.listen, services: [adminService(agent, endpoint, logger, rpc)], logger, initialHealth: 'NOT_SERVING', metrics: rpc });
+    metrics = opts.metricsListen ? await serveMetrics(opts.metricsListen, registry, logger) : undefined;
   } catch (err) {
+    await admin?.shutdown(0);
     state.close();
     array.close();
     throw err;
@@ -118,8 +134,9 @@ export async function serveHostAgent(opts: ServeHostAgentOptions): Promise<Servi
     rmSync(socketPath(vm.id), { force: true });
     const running = await startServer({
       listen: endpoint(vm.id),
-      services: [guestService(agent, vm.id, endpoint, logger)],
+      services: [guestService(agent, vm.id, endpoint, logger, rpc)],
       logger: logger.child({ vmId: vm.id }),
+      metrics: rpc,
       initialHealth: healthy ? 'SERVING' : 'NOT_SERVING',
     });
     chmodSync(socketPath(vm.id), 0o600);
@@ -150,6 +167,7 @@ export async function serveHostAgent(opts: ServeHostAgentOptions): Promise<Servi
       }
     }
     const recovered = await agent.recover();
+    counted.recovered(recovered);
     healthy = true;
     setHealth('SERVING');
     logger.info('host agent ready', { cluster: cluster.name, nodes: state.nodes.size, vms: state.vms.size, disks: state.attachments.size, recovered, ms: Date.now() - started });
@@ -159,9 +177,11 @@ export async function serveHostAgent(opts: ServeHostAgentOptions): Promise<Servi
     agent,
     admin,
     guests,
+    registry,
+    metrics,
     ready,
     close: async (graceMs = 5000) => {
-      await Promise.all([admin.shutdown(graceMs), ...[...guests.values()].map((g) => g.shutdown(graceMs))]);
+      await Promise.all([admin.shutdown(graceMs), ...[...guests.values()].map((g) => g.shutdown(graceMs)), metrics?.close()]);
       await agent.close(graceMs);
       for (const p of planes.values()) p.close();
       for (const id of guests.keys()) rmSync(socketPath(id), { force: true });

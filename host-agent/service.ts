@@ -8,6 +8,7 @@ import { EnumCodec } from '../common/enums.js';
 import { InvalidArgumentError, UnavailableError } from '../common/errors.js';
 import type { Logger } from '../common/logging.js';
 import { GuestServiceDefinition } from '../common/block-messages.js';
+import type { RpcMetrics } from '../common/metrics.js';
 import { implement } from '../common/rpc.js';
 import type { ServiceRegistration } from '../common/service.js';
 import { statusOfKind } from '../common/status.js';
@@ -264,10 +265,15 @@ async function watchOperation(
   });
 }
 
+/** A request's own words on a log line, cut short: a hostile value must not flood the log. */
+function logged(value: string): string {
+  return value.length > 256 ? `${value.slice(0, 256)}…` : value;
+}
+
 const GUEST_QUIET = new Set(['GetSelf', 'GetOperation', 'WatchOperation', 'ListDisks', 'RescanBus', 'ReadDisk', 'WriteDisk']);
 const ADMIN_QUIET = new Set(['GetCluster', 'ListNodes', 'ListGroups', 'ListVms', 'ListOperations', 'GetOperation', 'WatchOperation', 'CheckInvariants', 'ListDisks']);
 
-export function guestService(agent: HostAgent, vmId: string, endpoint: (id: string) => string, logger: Logger): ServiceRegistration {
+export function guestService(agent: HostAgent, vmId: string, endpoint: (id: string) => string, logger: Logger, metrics?: RpcMetrics): ServiceRegistration {
   const scope: Scope = { vmId };
   return {
     name: 'passthru.host.v1.GuestService',
@@ -277,6 +283,7 @@ export function guestService(agent: HostAgent, vmId: string, endpoint: (id: stri
       {
         getSelf: () => ({ vm: toVm(agent.vm(vmId), endpoint) }),
         createDisk: async (req, ctx) => {
+          ctx.log.mount = logged(req.mountPath);
           const op = await agent.createDisk(vmId, {
             requestId: req.requestId,
             mountPath: req.mountPath,
@@ -287,11 +294,14 @@ export function guestService(agent: HostAgent, vmId: string, endpoint: (id: stri
           return { operation: toOperation(op) };
         },
         connectDisk: async (req, ctx) => {
+          ctx.log.mount = logged(req.mountPath);
+          ctx.log.lun = logged(req.lun);
           const op = await agent.connectDisk(vmId, req);
           ctx.log.opId = op.id;
           return { operation: toOperation(op) };
         },
         removeDisk: async (req, ctx) => {
+          ctx.log.mount = logged(req.mountPath);
           const op = await agent.removeDisk(vmId, req);
           ctx.log.opId = op.id;
           return { operation: toOperation(op) };
@@ -307,17 +317,25 @@ export function guestService(agent: HostAgent, vmId: string, endpoint: (id: stri
             sizeBytes: BigInt(d.resource.lun.sizeBytes),
           })),
         }),
-        reportMount: (req) => ({ disk: toDisk(agent.reportMount(vmId, req)) }),
-        reportUnmount: (req) => ({ disk: toDisk(agent.reportUnmount(vmId, req)) }),
+        reportMount: (req, ctx) => {
+          ctx.log.mount = logged(req.mountPath);
+          ctx.log.serial = logged(req.serial);
+          return { disk: toDisk(agent.reportMount(vmId, req)) };
+        },
+        reportUnmount: (req, ctx) => {
+          ctx.log.mount = logged(req.mountPath);
+          return { disk: toDisk(agent.reportUnmount(vmId, req)) };
+        },
         readDisk: async (req) => ({ data: await blockIo(agent).read(vmId, req) }),
         writeDisk: async (req) => ({ writtenBytes: await blockIo(agent).write(vmId, { ...req, data: asBuffer(req.data) }) }),
       },
-      { logger: logger.child({ vmId }), quietMethods: GUEST_QUIET },
+      // The endpoint is the VM's own: it, not any request field, says who calls.
+      { logger: logger.child({ vmId }), quietMethods: GUEST_QUIET, caller: () => `vm:${vmId}`, metrics },
     ),
   };
 }
 
-export function adminService(agent: HostAgent, endpoint: (id: string) => string, logger: Logger): ServiceRegistration {
+export function adminService(agent: HostAgent, endpoint: (id: string) => string, logger: Logger, metrics?: RpcMetrics): ServiceRegistration {
   const vm = (v: VmRecord): Vm => toVm(v, endpoint);
   return {
     name: 'passthru.host.v1.AdminService',
@@ -363,8 +381,9 @@ export function adminService(agent: HostAgent, endpoint: (id: string) => string,
           const vms = req.node === '' ? [...agent.state.vms.values()] : agent.state.vmsOn(req.node);
           return { vms: vms.sort((a, b) => (a.id < b.id ? -1 : 1)).map(vm) };
         },
-        createVm: (req) =>
-          ({
+        createVm: (req, ctx) => {
+          ctx.log.vmId = logged(req.id);
+          return {
             vm: vm(
               agent.createVm({
                 requestId: req.requestId,
@@ -377,20 +396,29 @@ export function adminService(agent: HostAgent, endpoint: (id: string) => string,
                 locationsPerController: req.locationsPerController,
               }),
             ),
-          }),
-        startVm: (req) => ({ vm: vm(agent.setVmRunning(req.requestId, req.vmId, true)) }),
-        stopVm: (req) => ({ vm: vm(agent.setVmRunning(req.requestId, req.vmId, false)) }),
-        setHostCapabilities: (req) => ({
-          node: toNode(
-            agent.setHostCapabilities(req.requestId, req.node, { hypervisorEnabled: req.hypervisorEnabled, hotAddSupported: req.hotAddSupported }),
-          ),
-        }),
+          };
+        },
+        startVm: (req, ctx) => {
+          ctx.log.vmId = logged(req.vmId);
+          return { vm: vm(agent.setVmRunning(req.requestId, req.vmId, true)) };
+        },
+        stopVm: (req, ctx) => {
+          ctx.log.vmId = logged(req.vmId);
+          return { vm: vm(agent.setVmRunning(req.requestId, req.vmId, false)) };
+        },
+        setHostCapabilities: (req, ctx) => {
+          ctx.log.node = logged(req.node);
+          const caps = { hypervisorEnabled: req.hypervisorEnabled, hotAddSupported: req.hotAddSupported };
+          return { node: toNode(agent.setHostCapabilities(req.requestId, req.node, caps)) };
+        },
         addAvailableDisk: async (req, ctx) => {
+          ctx.log.lun = logged(req.lun);
           const op = await agent.addAvailableDisk(req);
           ctx.log.opId = op.id;
           return { operation: toOperation(op) };
         },
         removeAvailableDisk: async (req, ctx) => {
+          ctx.log.lun = logged(req.lun);
           const op = await agent.removeAvailableDisk(req);
           ctx.log.opId = op.id;
           return { operation: toOperation(op) };
@@ -408,22 +436,29 @@ export function adminService(agent: HostAgent, endpoint: (id: string) => string,
         watchOperation: (req, ctx, send) => watchOperation(agent, 'admin', req.operationId, ctx.signal, send),
         checkInvariants: async () => ({ violations: await agent.checkInvariants() }),
         listDisks: (req) => ({ disks: agent.allDisks(req.vmId).map((d) => toDisk(d.disk)) }),
-        failNode: (req) =>
-          agent.adminChangeAsync(req.requestId, 'FailNode', req.node, async () => {
+        failNode: (req, ctx) => {
+          ctx.log.node = logged(req.node);
+          return agent.adminChangeAsync(req.requestId, 'FailNode', req.node, async () => {
             const r = await agent.failover.failNode(req.node);
             return { node: toNode(r.node), moves: r.moves.map(toMove), settledOperations: r.settled };
-          }),
-        recoverNode: (req) =>
-          agent.adminChangeAsync(req.requestId, 'RecoverNode', req.node, async () => {
+          });
+        },
+        recoverNode: (req, ctx) => {
+          ctx.log.node = logged(req.node);
+          return agent.adminChangeAsync(req.requestId, 'RecoverNode', req.node, async () => {
             const r = await agent.failover.recoverNode(req.node);
             return { node: toNode(r.node), startedVms: r.started };
-          }),
-        moveGroup: (req) =>
-          agent.adminChangeAsync(req.requestId, 'MoveGroup', [req.group, req.node], async () => ({
+          });
+        },
+        moveGroup: (req, ctx) => {
+          ctx.log.group = logged(req.group);
+          ctx.log.node = logged(req.node);
+          return agent.adminChangeAsync(req.requestId, 'MoveGroup', [req.group, req.node], async () => ({
             move: toMove(await agent.failover.moveGroup(req.group, req.node)),
-          })),
+          }));
+        },
       },
-      { logger: logger.child({ endpoint: 'admin' }), quietMethods: ADMIN_QUIET },
+      { logger: logger.child({ endpoint: 'admin' }), quietMethods: ADMIN_QUIET, metrics },
     ),
   };
 }

@@ -30,8 +30,9 @@ export function buildProgram(): Command {
     .option('--serial-prefix <prefix>', 'first characters of every LUN serial, fixed at the first start (default PTSM)')
     .option('--pool <name=size>', 'create or grow a pool, e.g. aggr1=10TiB (repeatable; default aggr1=64TiB)', poolOption, [])
     .option('--enable-faults', 'allow FaultInjectionService (tests only)', false)
+    .option('--metrics-listen <addr>', 'host:port to serve Prometheus metrics on, at /metrics (off unless given)')
     .addOption(new Option('--log-level <level>', 'log level').choices(['error', 'warn', 'info', 'debug']).default('info'))
-    .action(async (o: { listen: string; portalListen?: string; dataDir: string; name?: string; serialPrefix?: string; pool: PoolRecord[]; enableFaults: boolean; logLevel: string }) => {
+    .action(async (o: { listen: string; portalListen?: string; metricsListen?: string; dataDir: string; name?: string; serialPrefix?: string; pool: PoolRecord[]; enableFaults: boolean; logLevel: string }) => {
       // Loaded here so the admin commands start without SQLite and the server stack.
       const [{ createLogger }, { stopOnSignals }, { serveArray }] = await Promise.all([
         import('../common/logging.js'),
@@ -42,6 +43,7 @@ export function buildProgram(): Command {
       const serving = await serveArray({
         listen: o.listen,
         portalListen: o.portalListen,
+        metricsListen: o.metricsListen,
         dataDir: o.dataDir,
         name: o.name,
         serialPrefix: o.serialPrefix,
@@ -50,6 +52,7 @@ export function buildProgram(): Command {
         logger,
       });
       // The one line on stdout: scripts and tests read the address from it.
+      if (serving.metrics) process.stdout.write(`storage-sim metrics on http://${serving.metrics.address}/metrics\n`);
       process.stdout.write(`storage-sim serving on ${serving.running.address} (block portal ${serving.portal.address})\n`);
       stopOnSignals(serving.running, logger, async () => {
         await serving.portal.close();

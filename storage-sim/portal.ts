@@ -6,6 +6,7 @@
  * two method names) decide exactly as they do there.
  */
 import { createServer, type Server, type Socket } from 'node:net';
+import { status as Code } from '@grpc/grpc-js';
 import {
   decodeRequest,
   encodeReply,
@@ -22,6 +23,7 @@ import type { Logger } from '../common/logging.js';
 import { statusOfKind } from '../common/status.js';
 import type { StorageArray } from './array.js';
 import type { FaultPlan, FaultTiming } from './faults.js';
+import type { PortalMetrics } from './metrics.js';
 import { parseInitiator } from './rules.js';
 
 /** Replies not yet taken by the host before the session stops reading more requests. */
@@ -36,6 +38,8 @@ export interface RunningPortal {
   /** Stops taking sessions and ends the open ones. */
   close(): Promise<void>;
 }
+
+const CODE_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Code).filter(([, v]) => typeof v === 'number').map(([k, v]) => [v, k]));
 
 const METHOD: Record<Exclude<OpName, 'login'>, string> = { read: 'ReadBlocks', write: 'WriteBlocks' };
 
@@ -77,6 +81,7 @@ class Session {
     private readonly array: StorageArray,
     private readonly faults: FaultPlan,
     private readonly logger: Logger,
+    private readonly metrics: PortalMetrics | undefined,
   ) {
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 30_000);
@@ -85,7 +90,9 @@ class Session {
     socket.on('error', () => socket.destroy());
     socket.on('close', () => {
       this.ended = true;
-      if (this.initiator) this.logger.info('portal session ended', { initiator: this.initiator, peer: this.peer });
+      if (!this.initiator) return;
+      this.metrics?.sessions(-1);
+      this.logger.info('portal session ended', { initiator: this.initiator, peer: this.peer });
     });
   }
 
@@ -104,6 +111,10 @@ class Session {
   }
 
   private send(rep: PortalReply): void {
+    if (rep.op !== 'login') {
+      const n = rep.code !== 0 ? 0 : rep.op === 'read' ? (rep as { data: Buffer }).data.length : (rep as { writtenBytes: number }).writtenBytes;
+      this.metrics?.command(rep.op, CODE_NAMES[rep.code] ?? String(rep.code), n);
+    }
     if (this.ended) return;
     let ok = true;
     for (const b of encodeReply(rep)) ok = this.socket.write(b) && ok;
@@ -153,6 +164,7 @@ class Session {
         throw new FailedPreconditionError(`this session is logged in as ${this.initiator} already: open another session for another initiator`, 'PORTAL_LOGGED_IN');
       }
       this.initiator = parseInitiator('initiator', req.initiator).name;
+      this.metrics?.sessions(1);
       this.logger.info('portal session', { initiator: this.initiator, peer: this.peer });
       return { op: 'login', tag: req.tag, code: 0, version: PORTAL_VERSION, maxIoBytes: MAX_IO_BYTES };
     } catch (err) {
@@ -175,7 +187,7 @@ class Session {
 }
 
 /** Listens on `listen` (host:port; port 0 picks a free one). */
-export function startPortal(opts: { listen: string; array: StorageArray; faults: FaultPlan; logger: Logger }): Promise<RunningPortal> {
+export function startPortal(opts: { listen: string; array: StorageArray; faults: FaultPlan; logger: Logger; metrics?: PortalMetrics }): Promise<RunningPortal> {
   const m = /^(.*):(\d+)$/.exec(opts.listen);
   if (!m) return Promise.reject(new InvalidArgumentError('portal-listen', `--portal-listen ${opts.listen} is not host:port`));
   const host = m[1]!.replace(/^\[(.*)\]$/, '$1');
@@ -183,7 +195,7 @@ export function startPortal(opts: { listen: string; array: StorageArray; faults:
   const server: Server = createServer((socket) => {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
-    new Session(socket, opts.array, opts.faults, opts.logger);
+    new Session(socket, opts.array, opts.faults, opts.logger, opts.metrics);
   });
   return new Promise((resolve, reject) => {
     server.once('error', reject);

@@ -1,6 +1,9 @@
 /** Wires storage-sim together: flags in, a serving array out. */
 import type { Logger } from '../common/logging.js';
+import { programMetrics, serveMetrics, type MetricsEndpoint } from '../common/metrics.js';
 import { startServer, type RunningServer } from '../common/server.js';
+import type { Registry } from 'prom-client';
+import { arrayMetrics } from './metrics.js';
 import { StorageArray } from './array.js';
 import { FaultPlan } from './faults.js';
 import type { PoolRecord } from './model.js';
@@ -11,6 +14,8 @@ export interface ServeArrayOptions {
   listen: string;
   /** host:port of the block portal; by default the gRPC host with a free port. */
   portalListen?: string;
+  /** host:port for Prometheus metrics at /metrics; none unless given. */
+  metricsListen?: string;
   dataDir: string;
   name?: string;
   serialPrefix?: string;
@@ -24,6 +29,8 @@ export interface ServingArray {
   faults: FaultPlan;
   running: RunningServer;
   portal: RunningPortal;
+  registry: Registry;
+  metrics?: MetricsEndpoint;
   /** Stops serving, then closes the database and data files. */
   close(graceMs?: number): Promise<void>;
 }
@@ -37,11 +44,15 @@ export async function serveArray(opts: ServeArrayOptions): Promise<ServingArray>
     faultsEnabled: opts.enableFaults ?? false,
   });
   const faults = new FaultPlan(opts.enableFaults ?? false, ARRAY_METHODS);
+  const { registry, rpc } = programMetrics('storage-sim');
+  const counted = arrayMetrics(registry, array);
   let running: RunningServer;
   let portal: RunningPortal | undefined;
+  let metrics: MetricsEndpoint | undefined;
   try {
-    portal = await startPortal({ listen: opts.portalListen ?? defaultPortalListen(opts.listen), array, faults, logger: opts.logger });
-    running = await startServer({ listen: opts.listen, services: storageServices(array, faults, opts.logger, portal.address), logger: opts.logger });
+    portal = await startPortal({ listen: opts.portalListen ?? defaultPortalListen(opts.listen), array, faults, logger: opts.logger, metrics: counted });
+    running = await startServer({ listen: opts.listen, services: storageServices(array, faults, opts.logger, portal.address, rpc), logger: opts.logger, metrics: rpc });
+    metrics = opts.metricsListen ? await serveMetrics(opts.metricsListen, registry, opts.logger) : undefined;
   } catch (err) {
     await portal?.close();
     array.close();
@@ -54,8 +65,10 @@ export async function serveArray(opts: ServeArrayOptions): Promise<ServingArray>
     faults,
     running,
     portal,
+    registry,
+    metrics,
     close: async (graceMs?: number) => {
-      await Promise.all([running.shutdown(graceMs), open.close()]);
+      await Promise.all([running.shutdown(graceMs), open.close(), metrics?.close()]);
       array.close();
     },
   };

@@ -5,6 +5,7 @@ import { Metadata, status as Code } from '@grpc/grpc-js';
 import { EnumCodec } from '../common/enums.js';
 import { InvalidArgumentError } from '../common/errors.js';
 import type { Logger } from '../common/logging.js';
+import type { RpcMetrics } from '../common/metrics.js';
 import { implement, type CallHooks } from '../common/rpc.js';
 import type { ServiceRegistration } from '../common/service.js';
 import {
@@ -155,7 +156,7 @@ function faultHooks(faults: FaultPlan): CallHooks {
   };
 }
 
-export function storageServices(array: StorageArray, faults: FaultPlan, logger: Logger, blockPortal = ''): ServiceRegistration[] {
+export function storageServices(array: StorageArray, faults: FaultPlan, logger: Logger, blockPortal = '', metrics?: RpcMetrics): ServiceRegistration[] {
   const arrayImpl = implement(
     StorageArrayServiceService,
     {
@@ -251,7 +252,7 @@ export function storageServices(array: StorageArray, faults: FaultPlan, logger: 
         };
       },
     },
-    { logger, quietMethods: QUIET, hooks: faultHooks(faults) },
+    { logger, quietMethods: QUIET, hooks: faultHooks(faults), metrics },
   );
 
   const faultImpl = implement(
@@ -272,7 +273,7 @@ export function storageServices(array: StorageArray, faults: FaultPlan, logger: 
       },
       clearFaults: () => ({ cleared: faults.clear() }),
     },
-    { logger, quietMethods: QUIET },
+    { logger, quietMethods: QUIET, metrics },
   );
 
   return [

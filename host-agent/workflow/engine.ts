@@ -104,7 +104,7 @@ export class Engine<Env> {
     private readonly env: Env,
     private readonly workflows: Record<OperationRecord['kind'], WorkflowDef<Env>>,
     private readonly logger: Logger,
-    private readonly opts: { backoff?: BackoffPolicy; hook?: StepHook } = {},
+    private readonly opts: { backoff?: BackoffPolicy; hook?: StepHook; observe?: OperationListener } = {},
   ) {}
 
   private readonly aborted = new Map<string, Error>();
@@ -162,6 +162,11 @@ export class Engine<Env> {
   private emit(op: OperationRecord, event: StepEventRecord | undefined): void {
     if (event) this.told.set(op.id, op);
     else this.told.delete(op.id);
+    try {
+      this.opts.observe?.(event, op);
+    } catch (err) {
+      this.logger.error('operation observer failed', { opId: op.id, error: String(err) });
+    }
     const set = this.listeners.get(op.id);
     if (!set) return;
     for (const l of [...set]) {

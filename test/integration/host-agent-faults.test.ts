@@ -14,8 +14,7 @@
  */
 import { status as Code, type ServiceError } from '@grpc/grpc-js';
 import { expect } from 'chai';
-import { Writable } from 'node:stream';
-import { createLogger } from '../../common/logging.js';
+import { capturingLogger } from '../support/log-capture.js';
 import {
   DiskSharing,
   GroupKind,
@@ -226,18 +225,6 @@ function expectRolledBack(
 
 const CREATE_SKIPPED = ['lun.find'];
 const CONNECT_SKIPPED = ['lun.create', 'lun.map', 'peers.map'];
-
-/** A winston logger that keeps its JSON lines, to see what the host agent retried. */
-function capturingLogger(): { logger: ReturnType<typeof createLogger>; lines: () => Record<string, unknown>[] } {
-  const lines: string[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      lines.push(...chunk.toString('utf8').split('\n').filter((l) => l !== ''));
-      cb();
-    },
-  });
-  return { logger: createLogger({ service: 'test', level: 'warn', stream }), lines: () => lines.map((l) => JSON.parse(l) as Record<string, unknown>) };
-}
 
 // ---------------------------------------------------------------- tests
 
