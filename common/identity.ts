@@ -11,6 +11,7 @@
  * decided on it. A certificate with no role, two roles, or a host-node one without exactly
  * one node and one initiator has no passthru identity: it is refused every passthru API.
  */
+import type { X509Certificate } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
 
 export const ROLES = ['array', 'host-agent', 'host-node', 'admin'] as const;
@@ -72,6 +73,11 @@ function subjectLine(subject: PeerCertificate['subject'] | undefined): string {
 export function identityOfCertificate(cert: PeerCertificate | undefined): PeerIdentity | undefined {
   if (!cert || !cert.raw) return undefined;
   return identityOfUris(sanUris(cert.subjectaltname), subjectLine(cert.subject));
+}
+
+/** The identity a certificate states, read from the certificate itself (node:crypto). */
+export function identityOfX509(cert: X509Certificate): PeerIdentity {
+  return identityOfUris(sanUris(cert.subjectAltName), cert.subject.split('\n').join(', '));
 }
 
 /** "role node (subject)" for messages and audit lines. */
