@@ -1,5 +1,5 @@
 import type { Http2Server, ServerHttp2Session } from 'node:http2';
-import { Server, ServerCredentials, type ChannelOptions } from '@grpc/grpc-js';
+import { Server, type ChannelOptions } from '@grpc/grpc-js';
 import { DiagnosticsServiceService, type PingRequest, type PingResponse } from '../proto/gen/passthru/diag/v1/diag.js';
 import { HealthRegistry } from './health.js';
 import type { Logger } from './logging.js';
@@ -7,6 +7,7 @@ import { loadDescriptorSet, reflectionServices } from './reflection.js';
 import { implement } from './rpc.js';
 import type { ServiceRegistration } from './service.js';
 import { MAX_MESSAGE_BYTES } from './limits.js';
+import { serverCredentials, type TlsMaterial } from './tls.js';
 import type { RpcMetrics } from './metrics.js';
 
 
@@ -28,6 +29,8 @@ export interface StartServerOptions {
   /** Overall health until the program says otherwise; NOT_SERVING while it recovers. */
   initialHealth?: 'SERVING' | 'NOT_SERVING';
   channelOptions?: ChannelOptions;
+  /** mTLS: this certificate, and client certificates the CA signed required. Plaintext without. */
+  tls?: TlsMaterial;
   /** Where the diagnostics service's calls are counted (the program's own services count theirs). */
   metrics?: RpcMetrics;
 }
@@ -76,11 +79,11 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
   for (const s of opts.services) health.set(s.name, opts.initialHealth ?? 'SERVING');
 
   const port = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(opts.listen, ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p)));
+    server.bindAsync(opts.listen, serverCredentials(opts.tls), (err, p) => (err ? reject(err) : resolve(p)));
   });
   const address = opts.listen.startsWith('unix:') ? opts.listen : `${opts.listen.replace(/:\d+$/, '')}:${port}`;
   const widened = widenReceiveWindows(server);
-  opts.logger.info('listening', { address, services: names(), ...(widened ? {} : { http2Windows: 'default' }) });
+  opts.logger.info('listening', { address, tls: opts.tls ? 'mutual' : 'off', services: names(), ...(widened ? {} : { http2Windows: 'default' }) });
 
   let stopping: Promise<void> | undefined;
   const shutdown = (graceMs = 5000): Promise<void> => {
