@@ -95,6 +95,17 @@ export function toStatus(err: unknown, logger?: Logger, context: Record<string, 
     // Already a status (e.g. a dependency's answer passed through on purpose).
     return { code: err.code, details: err.details, metadata: err.metadata };
   }
+  if (err instanceof ReportableError) {
+    // A dependency's failure with no meaning in the table (its INTERNAL, UNKNOWN, ...): INTERNAL,
+    // but in the dependency's own words and with its reason, as an operation's error shows it.
+    // Without this a call the handler makes itself (CreateDisk's pool check) said only
+    // "internal error" while the same failure inside a workflow step named the array and why.
+    logger?.error('dependency failed', { ...context, error: err.stack });
+    const metadata = new Metadata();
+    const details = [pack('google.rpc.ErrorInfo', ErrorInfo.encode({ reason: err.reason, domain: ERROR_DOMAIN, metadata: {} }).finish())];
+    metadata.set(DETAILS_KEY, Buffer.from(Status.encode({ code: Code.INTERNAL, message: err.message, details }).finish()));
+    return { code: Code.INTERNAL, details: err.message, metadata };
+  }
   logger?.error('internal error', { ...context, error: err instanceof Error ? err.stack : String(err) });
   return { code: Code.INTERNAL, details: 'internal error; the server log has the details' };
 }
