@@ -113,6 +113,23 @@ function isPromiseLike(value: unknown): value is PromiseLike<unknown> {
   return typeof (value as PromiseLike<unknown> | undefined)?.then === 'function';
 }
 
+/** Runs steps in order, each after the last settled; synchronous while they are. */
+function inOrder(steps: (() => unknown)[], from = 0): Promise<void> | void {
+  for (let i = from; i < steps.length; i++) {
+    const r = steps[i]!();
+    if (isPromiseLike(r)) return Promise.resolve(r).then(() => inOrder(steps, i + 1));
+  }
+}
+
+/** Several services' worth of hooks as one: each `before` in the order given (e.g. access, then faults), then each `after`. */
+export function chainHooks(...all: (CallHooks | undefined)[]): CallHooks {
+  const hooks = all.filter((h): h is CallHooks => h !== undefined);
+  return {
+    before: (ctx, request) => inOrder(hooks.filter((h) => h.before).map((h) => () => h.before!(ctx, request))),
+    after: (ctx) => inOrder(hooks.filter((h) => h.after).map((h) => () => h.after!(ctx))),
+  };
+}
+
 function shortName(path: string): string {
   return path.slice(path.lastIndexOf('/') + 1);
 }
@@ -149,7 +166,8 @@ export function implement<Def extends ServiceDefinition>(
       const fields: Record<string, unknown> = { method, code: Code[code], ms: Math.round(ms * 1000) / 1000, ...ctx.log };
       if (mutation) {
         fields.audit = true;
-        fields.who = opts.caller ? opts.caller(ctx) : ctx.peer;
+        // With mTLS the certificate says who; without, only the address can.
+        fields.who = opts.caller ? opts.caller(ctx) : (ctx.identity?.subject ?? ctx.peer);
       }
       if (err !== undefined && code !== Code.INTERNAL) fields.error = err instanceof Error ? err.message : String(err);
       opts.logger.log(level, 'rpc', fields);
