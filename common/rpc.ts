@@ -113,30 +113,22 @@ function isPromiseLike(value: unknown): value is PromiseLike<unknown> {
   return typeof (value as PromiseLike<unknown> | undefined)?.then === 'function';
 }
 
-/** Runs steps in order, each after the last settled; synchronous while they are. */
-function inOrder(steps: (() => unknown)[], from = 0): Promise<void> | void {
-  for (let i = from; i < steps.length; i++) {
-    const r = steps[i]!();
-    if (isPromiseLike(r)) return Promise.resolve(r).then(() => inOrder(steps, i + 1));
+/** Runs each hook in order, the next once the last settled; synchronous while they are. */
+function inOrder<A extends unknown[]>(fns: ((...a: A) => unknown)[], args: A, from = 0): Promise<void> | void {
+  for (let i = from; i < fns.length; i++) {
+    const r = fns[i]!(...args);
+    if (isPromiseLike(r)) return Promise.resolve(r).then(() => inOrder(fns, args, i + 1));
   }
 }
 
-/** Several services' worth of hooks as one: each `before` in the order given (e.g. access, then faults), then each `after`. */
+/** Several hooks as one: each `before` in the order given (e.g. access, then faults), then each `after`. */
 export function chainHooks(...all: (CallHooks | undefined)[]): CallHooks {
-  const hooks = all.filter((h): h is CallHooks => h !== undefined);
+  const befores = all.flatMap((h) => (h?.before ? [h.before.bind(h)] : []));
+  const afters = all.flatMap((h) => (h?.after ? [h.after.bind(h)] : []));
   return {
-    before: (ctx, request) => inOrder(hooks.filter((h) => h.before).map((h) => () => h.before!(ctx, request))),
-    after: (ctx) => inOrder(hooks.filter((h) => h.after).map((h) => () => h.after!(ctx))),
+    before: (ctx, request) => inOrder(befores, [ctx, request]),
+    after: (ctx) => inOrder(afters, [ctx]),
   };
-}
-
-function shortName(path: string): string {
-  return path.slice(path.lastIndexOf('/') + 1);
-}
-
-/** passthru.host.v1.GuestService from /passthru.host.v1.GuestService/CreateDisk. */
-function serviceName(path: string): string {
-  return path.slice(1, path.lastIndexOf('/'));
 }
 
 /**
