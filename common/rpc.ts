@@ -131,6 +131,15 @@ export function chainHooks(...all: (CallHooks | undefined)[]): CallHooks {
   };
 }
 
+function shortName(path: string): string {
+  return path.slice(path.lastIndexOf('/') + 1);
+}
+
+/** passthru.host.v1.GuestService from /passthru.host.v1.GuestService/CreateDisk. */
+function serviceName(path: string): string {
+  return path.slice(1, path.lastIndexOf('/'));
+}
+
 /**
  * Turns plain `async (req, ctx) => res` handlers into a grpc-js implementation: one log line
  * per call ({method, code, ms, ...ctx.log}), hooks before and after, every error through the
