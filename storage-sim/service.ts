@@ -6,7 +6,7 @@ import { EnumCodec } from '../common/enums.js';
 import { InvalidArgumentError } from '../common/errors.js';
 import type { Logger } from '../common/logging.js';
 import type { RpcMetrics } from '../common/metrics.js';
-import { implement, type CallHooks } from '../common/rpc.js';
+import { chainHooks, implement, type CallHooks } from '../common/rpc.js';
 import type { ServiceRegistration } from '../common/service.js';
 import {
   FaultInjectionServiceService,
@@ -156,7 +156,20 @@ function faultHooks(faults: FaultPlan): CallHooks {
   };
 }
 
-export function storageServices(array: StorageArray, faults: FaultPlan, logger: Logger, blockPortal = '', metrics?: RpcMetrics): ServiceRegistration[] {
+/** Who may call what (storage-sim/access.ts): checked before anything else, faults included. */
+export interface AccessHooks {
+  array: CallHooks;
+  faults: CallHooks;
+}
+
+export function storageServices(
+  array: StorageArray,
+  faults: FaultPlan,
+  logger: Logger,
+  blockPortal = '',
+  metrics?: RpcMetrics,
+  access?: AccessHooks,
+): ServiceRegistration[] {
   const arrayImpl = implement(
     StorageArrayServiceService,
     {
@@ -252,7 +265,7 @@ export function storageServices(array: StorageArray, faults: FaultPlan, logger: 
         };
       },
     },
-    { logger, quietMethods: QUIET, hooks: faultHooks(faults), metrics },
+    { logger, quietMethods: QUIET, hooks: access ? chainHooks(access.array, faultHooks(faults)) : faultHooks(faults), metrics },
   );
 
   const faultImpl = implement(
@@ -273,7 +286,7 @@ export function storageServices(array: StorageArray, faults: FaultPlan, logger: 
       },
       clearFaults: () => ({ cleared: faults.clear() }),
     },
-    { logger, quietMethods: QUIET, metrics },
+    { logger, quietMethods: QUIET, hooks: access?.faults, metrics },
   );
 
   return [
