@@ -22,7 +22,9 @@ import { InvalidArgumentError as UsageError, Option, type Command } from 'comman
 import { DEFAULT_TIMEOUT_MS } from './client.js';
 import type { EnumCodec } from './enums.js';
 import { isDomainError } from './errors.js';
+import type { Role } from './identity.js';
 import { isServiceError, statusDetails, statusOfKind } from './status.js';
+import { tlsFromFlags, type TlsFlags, type TlsMaterial } from './tls.js';
 
 /** gRPC status → process exit code. A status not listed exits 1. */
 export const EXIT_CODES: ReadonlyMap<Code, number> = new Map([
@@ -57,9 +59,12 @@ export interface CliIdentity {
   endpointHelp: string;
   /** Appended to every admin command's --help: the exit codes in short. */
   shortExitHelp: string;
+  /** With mTLS, the role the server's certificate must carry. */
+  serverRole?: Role;
 }
 
-export interface ConnOpts {
+/** --tls-cert, --tls-key, --tls-ca or --tls-dir (or PASSTHRU_TLS_*): mTLS to the server. */
+export interface ConnOpts extends TlsFlags {
   endpoint: string;
   timeout: number;
   json?: boolean;
@@ -103,9 +108,18 @@ export function connOptions(cli: CliIdentity, cmd: Command, mutating = false): C
         .argParser(intArg('--timeout', 1, 3_600_000))
         .default(DEFAULT_TIMEOUT_MS),
     )
-    .option('--json', 'print one JSON document on stdout instead of text');
+    .option('--json', 'print one JSON document on stdout instead of text')
+    .addOption(new Option('--tls-cert <file>', 'mTLS: client certificate (PEM), with --tls-key and --tls-ca').env('PASSTHRU_TLS_CERT'))
+    .addOption(new Option('--tls-key <file>', "mTLS: the client certificate's private key (PEM)").env('PASSTHRU_TLS_KEY'))
+    .addOption(new Option('--tls-ca <file>', "mTLS: the CA certificate the server's must chain to (PEM)").env('PASSTHRU_TLS_CA'))
+    .addOption(new Option('--tls-dir <dir>', 'mTLS from a passthru pki init directory: its admin.crt, admin.key and ca.crt').env('PASSTHRU_TLS_DIR'));
   if (mutating) cmd.option('--request-id <id>', 'idempotency key (default: a fresh random id)');
   return cmd.addHelpText('after', cli.shortExitHelp);
+}
+
+/** How a command's clients connect: its deadline, and mTLS when asked for (plaintext otherwise). */
+export function clientSettings(cli: CliIdentity, o: ConnOpts): { timeoutMs: number; tls?: TlsMaterial; serverRole?: Role } {
+  return { timeoutMs: o.timeout, tls: tlsFromFlags(o, 'admin'), serverRole: cli.serverRole };
 }
 
 /** The command's --request-id, or a fresh random one. */

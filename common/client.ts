@@ -1,5 +1,7 @@
-import { credentials, Metadata, type CallOptions, type Client, type ClientUnaryCall, type ServiceError } from '@grpc/grpc-js';
+import { Metadata, type CallOptions, type ChannelCredentials, type Client, type ClientUnaryCall, type ServiceError } from '@grpc/grpc-js';
+import type { Role } from './identity.js';
 import { MAX_MESSAGE_BYTES, RECEIVE_WINDOW_BYTES } from './limits.js';
+import { grpcClientTls, type TlsMaterial } from './tls.js';
 
 export interface CallOpts {
   /** Deadline from now; every outbound call has one. */
@@ -23,13 +25,18 @@ export type PromiseClient<C> = {
 
 export const DEFAULT_TIMEOUT_MS = 30_000;
 
-/** Accepts host:port, dns:…, unix:… (gRPC target syntax). */
+/**
+ * Accepts host:port, dns:…, unix:… (gRPC target syntax). With `tls`, mTLS with that client
+ * certificate, and the server's must name the host dialled and carry `serverRole` (when given).
+ */
 export function connect<C extends Client>(
-  Ctor: new (address: string, creds: ReturnType<typeof credentials.createInsecure>, options?: object) => C,
+  Ctor: new (address: string, creds: ChannelCredentials, options?: object) => C,
   endpoint: string,
-  defaults: { timeoutMs?: number; channelKey?: string } = {},
+  defaults: { timeoutMs?: number; channelKey?: string; tls?: TlsMaterial; serverRole?: Role } = {},
 ): PromiseClient<C> {
-  const client = new Ctor(endpoint, credentials.createInsecure(), {
+  const tls = grpcClientTls(defaults.tls, endpoint, defaults.serverRole);
+  const client = new Ctor(endpoint, tls.credentials, {
+    ...tls.options,
     // Clients with different keys get separate connections (grpc-js pools equal option sets).
     ...(defaults.channelKey ? { 'passthru.channel': defaults.channelKey } : {}),
     'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,

@@ -10,6 +10,7 @@
  */
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { checkServerIdentity, type ConnectionOptions, type PeerCertificate } from 'node:tls';
 import { credentials, ServerCredentials, type ChannelCredentials } from '@grpc/grpc-js';
@@ -90,35 +91,92 @@ export function serverCredentials(tls: TlsMaterial | undefined): ServerCredentia
   return ServerCredentials.createSsl(tls.ca, [{ cert_chain: tls.cert, private_key: tls.key }], true);
 }
 
-// One function per role, so equal credentials compare equal and grpc-js shares connections.
-const checkers = new Map<Role | undefined, (host: string, cert: PeerCertificate) => Error | undefined>();
+// One function per role and host, so equal credentials compare equal and grpc-js shares connections.
+const checkers = new Map<string, (host: string, cert: PeerCertificate) => Error | undefined>();
 
 /**
  * Node's own host name check, then the role: the server must be the kind of program the
- * client meant to reach (undefined: any certificate of the CA, e.g. a test's reflection client).
+ * client meant to reach (undefined: any certificate of the CA, e.g. a test's reflection
+ * client). `dialled`, when given, is the host checked whatever name the TLS layer passes.
  */
-export function serverIdentityCheck(expect: Role | undefined): (host: string, cert: PeerCertificate) => Error | undefined {
-  let check = checkers.get(expect);
+export function serverIdentityCheck(expect: Role | undefined, dialled?: string): (host: string, cert: PeerCertificate) => Error | undefined {
+  const key = `${expect ?? '*'} ${dialled ?? ''}`;
+  let check = checkers.get(key);
   if (!check) {
     check = (host, cert) => {
-      const err = checkServerIdentity(host, cert);
+      const name = dialled ?? host;
+      const err = checkServerIdentity(name, cert);
       if (err || expect === undefined) return err;
       const id = identityOfCertificate(cert);
       if (id?.role === expect) return undefined;
-      return new Error(`the server at ${host} presented a certificate of role ${id?.role ?? 'none'} (${id?.subject ?? 'no subject'}), not of the ${expect}`);
+      return new Error(`the server at ${name} presented a certificate of role ${id?.role ?? 'none'} (${id?.subject ?? 'no subject'}), not the ${expect}'s`);
     };
-    checkers.set(expect, check);
+    checkers.set(key, check);
   }
   return check;
 }
 
-/** A grpc-js client's credentials: plaintext without TLS. */
-export function channelCredentials(tls: TlsMaterial | undefined, expect?: Role): ChannelCredentials {
-  if (!tls) return credentials.createInsecure();
-  return credentials.createSsl(tls.ca, tls.key, tls.cert, { checkServerIdentity: serverIdentityCheck(expect) });
+/** The host of a gRPC target: host:port, [v6]:port, dns:host:port, ipv4:/ipv6:host:port. */
+function hostOf(endpoint: string): string {
+  const bare = endpoint.replace(/^(dns:(\/\/[^/]*\/)?|ipv4:|ipv6:)/, '');
+  const m = /^\[([^\]]+)\](?::\d+)?$/.exec(bare) ?? /^([^:]+)(?::\d+)?$/.exec(bare);
+  return m ? m[1]! : bare;
+}
+
+// SNI may not carry an IP address (RFC 6066; Node warns when asked to): a client dialling
+// one sends this name instead, and its certificate check still uses the address.
+const SNI_FOR_IP = 'passthru.invalid';
+
+/**
+ * A grpc-js client's credentials and channel options for `endpoint`: plaintext without TLS;
+ * with it, this client certificate, and the server's checked against the host dialled and `expect`.
+ */
+export function grpcClientTls(tls: TlsMaterial | undefined, endpoint: string, expect?: Role): { credentials: ChannelCredentials; options: Record<string, string> } {
+  if (!tls) return { credentials: credentials.createInsecure(), options: {} };
+  const host = hostOf(endpoint);
+  const ip = isIP(host) !== 0;
+  return {
+    credentials: credentials.createSsl(tls.ca, tls.key, tls.cert, { checkServerIdentity: serverIdentityCheck(expect, ip ? host : undefined) }),
+    options: ip ? { 'grpc.ssl_target_name_override': SNI_FOR_IP } : {},
+  };
 }
 
 /** node:tls / node:http2 client options for the same. */
 export function clientTlsOptions(tls: TlsMaterial, expect?: Role): ConnectionOptions {
   return { ca: tls.ca, cert: tls.cert, key: tls.key, checkServerIdentity: serverIdentityCheck(expect) };
+}
+
+/** The TLS flags a program takes (and, for the CLIs, their environment variables). */
+export interface TlsFlags {
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
+  /** A `passthru pki init` directory: its <pkiName>.crt/.key and ca.crt. */
+  tlsDir?: string;
+}
+
+/**
+ * The TLS a program was given: `--tls-dir` (the files of `pkiName` in it) or all three of
+ * `--tls-cert`, `--tls-key`, `--tls-ca`; none of them means plaintext. With `role`, the
+ * certificate must carry it (a server presenting another would fail every client's check).
+ */
+export function tlsFromFlags(o: TlsFlags, pkiName: string, role?: Role): TlsMaterial | undefined {
+  const given = [o.tlsCert, o.tlsKey, o.tlsCa].filter((x) => x !== undefined && x !== '').length;
+  let tls: TlsMaterial;
+  if (o.tlsDir !== undefined && o.tlsDir !== '') {
+    if (given > 0) throw new InvalidArgumentError('tls-dir', 'give --tls-dir or --tls-cert, --tls-key and --tls-ca, not both');
+    const at = (f: string): string => `--tls-dir (${f})`;
+    tls = loadTls(pkiFiles(o.tlsDir, pkiName), { cert: at(`${pkiName}.crt`), key: at(`${pkiName}.key`), ca: at('ca.crt') });
+  } else if (given === 0) {
+    return undefined;
+  } else if (given < 3) {
+    throw new InvalidArgumentError('tls-cert', '--tls-cert, --tls-key and --tls-ca go together: give all three, or --tls-dir');
+  } else {
+    tls = loadTls({ cert: o.tlsCert!, key: o.tlsKey!, ca: o.tlsCa! });
+  }
+  const id = identityOfMaterial(tls);
+  if (role !== undefined && id.role !== role) {
+    throw new InvalidArgumentError('tls-cert', `${tls.certPath} is a certificate of role ${id.role ?? 'none'}, not ${role}: give the ${role}'s (${pkiName}.crt of passthru pki init)`);
+  }
+  return tls;
 }

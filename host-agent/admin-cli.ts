@@ -33,6 +33,7 @@
 import { Metadata } from '@grpc/grpc-js';
 import { Command, InvalidArgumentError as UsageError, Option } from 'commander';
 import {
+  clientSettings,
   connOptions,
   dash,
   EXIT_CODES,
@@ -105,6 +106,10 @@ const PROGRAM_EPILOG = `
 Admin commands talk to a running "host-agent serve" (AdminService) over gRPC. Each takes:
   --endpoint <host:port>  the host agent (default $${ENDPOINT_ENV}, else ${DEFAULT_ENDPOINT})
   --timeout <ms>          deadline of each call (default ${DEFAULT_TIMEOUT_MS}; following an operation has none)
+  --tls-dir <dir>         mTLS with a passthru pki init directory's admin.crt, admin.key, ca.crt
+                          ($PASSTHRU_TLS_DIR), or --tls-cert, --tls-key, --tls-ca <file>
+                          ($PASSTHRU_TLS_CERT, _KEY, _CA); plaintext without. The host agent's
+                          certificate must name the host dialled and carry its role
   --json                  one JSON document on stdout: the RPC response's fields in camelCase,
                           enums by their proto names (VM_STATE_RUNNING), integers as numbers,
                           times as RFC 3339 strings, every field present; --watch and --wait
@@ -131,6 +136,7 @@ const SHORT_EXIT =
 const CLI: CliIdentity = {
   program: 'host-agent',
   endpointEnv: ENDPOINT_ENV,
+  serverRole: 'host-agent',
   defaultEndpoint: DEFAULT_ENDPOINT,
   endpointHelp: 'host-agent AdminService endpoint',
   shortExitHelp: SHORT_EXIT,
@@ -178,7 +184,7 @@ class Session {
   constructor(readonly opts: ConnOpts) {}
 
   get admin(): AdminClient {
-    this.client ??= connect(AdminServiceClient, this.opts.endpoint, { timeoutMs: this.opts.timeout });
+    this.client ??= connect(AdminServiceClient, this.opts.endpoint, clientSettings(CLI, this.opts));
     return this.client;
   }
 

@@ -51,7 +51,8 @@ function caller(id: PeerIdentity | undefined): PeerIdentity {
 
 function need(what: string, roles: readonly Role[], id: PeerIdentity): void {
   if (id.role !== undefined && roles.includes(id.role)) return;
-  const named = roles.length === 1 ? `a ${roles[0]} certificate` : `a ${roles.slice(0, -1).join(', ')} or ${roles.at(-1)} certificate`;
+  const a = (r: Role): string => `${/^[aeiou]/.test(r) ? 'an' : 'a'} ${r}`;
+  const named = `${roles.length === 1 ? a(roles[0]!) : `${roles.slice(0, -1).map(a).join(', ')} or ${a(roles.at(-1)!)}`} certificate`;
   throw new PermissionDeniedError(`${what} needs ${named}; the caller is ${describeIdentity(id)}`, 'ROLE_REQUIRED');
 }
 

@@ -39,6 +39,7 @@ import { Command, InvalidArgumentError as UsageError, Option } from 'commander';
 import {
   allPages,
   collect,
+  clientSettings,
   connOptions,
   dash,
   formatFields,
@@ -94,6 +95,10 @@ const PROGRAM_EPILOG = `
 Admin commands talk to a running "storage-sim serve" over gRPC. Each takes:
   --endpoint <host:port>  the array (default $${ENDPOINT_ENV}, else ${DEFAULT_ENDPOINT})
   --timeout <ms>          deadline of each call (default ${DEFAULT_TIMEOUT_MS})
+  --tls-dir <dir>         mTLS with a passthru pki init directory's admin.crt, admin.key, ca.crt
+                          ($PASSTHRU_TLS_DIR), or --tls-cert, --tls-key, --tls-ca <file>
+                          ($PASSTHRU_TLS_CERT, _KEY, _CA); plaintext without. The array's
+                          certificate must name the host dialled and carry its role
   --json                  one JSON document on stdout: the RPC response's fields in camelCase,
                           sizes as numbers of bytes, enums as the CLI's words (linux, thin,
                           online, iscsi), times as RFC 3339 strings, every field present
@@ -126,6 +131,7 @@ function statusCodeArg(text: string): number {
 const CLI: CliIdentity = {
   program: 'storage-sim',
   endpointEnv: ENDPOINT_ENV,
+  serverRole: 'array',
   defaultEndpoint: DEFAULT_ENDPOINT,
   endpointHelp: 'storage-sim gRPC endpoint',
   shortExitHelp: SHORT_EXIT,
@@ -149,12 +155,12 @@ class Session {
   constructor(readonly opts: ConnOpts) {}
 
   get array(): ArrayClient {
-    this.arrayClient ??= connect(StorageArrayServiceClient, this.opts.endpoint, { timeoutMs: this.opts.timeout });
+    this.arrayClient ??= connect(StorageArrayServiceClient, this.opts.endpoint, clientSettings(CLI, this.opts));
     return this.arrayClient;
   }
 
   get faults(): FaultClient {
-    this.faultClient ??= connect(FaultInjectionServiceClient, this.opts.endpoint, { timeoutMs: this.opts.timeout });
+    this.faultClient ??= connect(FaultInjectionServiceClient, this.opts.endpoint, clientSettings(CLI, this.opts));
     return this.faultClient;
   }
 

@@ -4,6 +4,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { parseSize } from '../common/size.js';
 import { addAdminCommands } from './admin-cli.js';
 import type { PoolRecord } from './model.js';
+import type { TlsFlags } from '../common/tls.js';
 
 function poolOption(value: string, previous: PoolRecord[]): PoolRecord[] {
   const m = /^([^=]+)=(.+)$/.exec(value);
@@ -31,13 +32,18 @@ export function buildProgram(): Command {
     .option('--pool <name=size>', 'create or grow a pool, e.g. aggr1=10TiB (repeatable; default aggr1=64TiB)', poolOption, [])
     .option('--enable-faults', 'allow FaultInjectionService (tests only)', false)
     .option('--metrics-listen <addr>', 'host:port to serve Prometheus metrics on, at /metrics (off unless given)')
+    .option('--tls-cert <file>', "mTLS: the array's certificate (PEM); with --tls-key and --tls-ca, clients need a certificate the CA signed")
+    .option('--tls-key <file>', "mTLS: the certificate's private key (PEM)")
+    .option('--tls-ca <file>', 'mTLS: the CA certificate that signs clients (PEM)')
+    .option('--tls-dir <dir>', 'mTLS from a passthru pki init directory: its array.crt, array.key and ca.crt')
     .addOption(new Option('--log-level <level>', 'log level').choices(['error', 'warn', 'info', 'debug']).default('info'))
-    .action(async (o: { listen: string; portalListen?: string; metricsListen?: string; dataDir: string; name?: string; serialPrefix?: string; pool: PoolRecord[]; enableFaults: boolean; logLevel: string }) => {
+    .action(async (o: { listen: string; portalListen?: string; metricsListen?: string; dataDir: string; name?: string; serialPrefix?: string; pool: PoolRecord[]; enableFaults: boolean; logLevel: string } & TlsFlags) => {
       // Loaded here so the admin commands start without SQLite and the server stack.
-      const [{ createLogger }, { stopOnSignals }, { serveArray }] = await Promise.all([
+      const [{ createLogger }, { stopOnSignals }, { serveArray }, { tlsFromFlags }] = await Promise.all([
         import('../common/logging.js'),
         import('../common/server.js'),
         import('./serve.js'),
+        import('../common/tls.js'),
       ]);
       const logger = createLogger({ service: 'storage-sim', level: o.logLevel });
       const serving = await serveArray({
@@ -49,6 +55,7 @@ export function buildProgram(): Command {
         serialPrefix: o.serialPrefix,
         pools: o.pool,
         enableFaults: o.enableFaults,
+        tls: tlsFromFlags(o, 'array', 'array'),
         logger,
       });
       // The one line on stdout: scripts and tests read the address from it.

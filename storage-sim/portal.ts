@@ -6,6 +6,7 @@
  * two method names) decide exactly as they do there.
  */
 import { createServer, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
 import { status as Code } from '@grpc/grpc-js';
 import {
   decodeRequest,
@@ -19,8 +20,11 @@ import {
   type PortalRequest,
 } from '../common/block-wire.js';
 import { FailedPreconditionError, InvalidArgumentError, isDomainError } from '../common/errors.js';
+import { identityOfCertificate, type PeerIdentity } from '../common/identity.js';
 import type { Logger } from '../common/logging.js';
 import { statusOfKind } from '../common/status.js';
+import type { TlsMaterial } from '../common/tls.js';
+import { ownInitiator } from './access.js';
 import type { StorageArray } from './array.js';
 import type { FaultPlan, FaultTiming } from './faults.js';
 import type { PortalMetrics } from './metrics.js';
@@ -82,6 +86,8 @@ class Session {
     private readonly faults: FaultPlan,
     private readonly logger: Logger,
     private readonly metrics: PortalMetrics | undefined,
+    /** With mTLS, who the client certificate says is calling: LOGIN may only be as its initiator. */
+    private readonly mtls: { identity: PeerIdentity | undefined } | undefined,
   ) {
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 30_000);
@@ -163,9 +169,9 @@ class Session {
       if (this.initiator !== undefined) {
         throw new FailedPreconditionError(`this session is logged in as ${this.initiator} already: open another session for another initiator`, 'PORTAL_LOGGED_IN');
       }
-      this.initiator = parseInitiator('initiator', req.initiator).name;
+      this.initiator = this.mtls ? ownInitiator('block portal LOGIN', this.mtls.identity, req.initiator) : parseInitiator('initiator', req.initiator).name;
       this.metrics?.sessions(1);
-      this.logger.info('portal session', { initiator: this.initiator, peer: this.peer });
+      this.logger.info('portal session', { initiator: this.initiator, peer: this.peer, ...(this.mtls ? { who: this.mtls.identity?.subject } : {}) });
       return { op: 'login', tag: req.tag, code: 0, version: PORTAL_VERSION, maxIoBytes: MAX_IO_BYTES };
     } catch (err) {
       return errorReply(req, err, this.logger);
@@ -186,16 +192,33 @@ class Session {
   }
 }
 
-/** Listens on `listen` (host:port; port 0 picks a free one). */
-export function startPortal(opts: { listen: string; array: StorageArray; faults: FaultPlan; logger: Logger; metrics?: PortalMetrics }): Promise<RunningPortal> {
+/**
+ * Listens on `listen` (host:port; port 0 picks a free one). With `tls`, sessions are TLS with
+ * a client certificate the CA signed required, and each logs in only as its node's initiator.
+ */
+export function startPortal(opts: { listen: string; array: StorageArray; faults: FaultPlan; logger: Logger; metrics?: PortalMetrics; tls?: TlsMaterial }): Promise<RunningPortal> {
   const m = /^(.*):(\d+)$/.exec(opts.listen);
   if (!m) return Promise.reject(new InvalidArgumentError('portal-listen', `--portal-listen ${opts.listen} is not host:port`));
   const host = m[1]!.replace(/^\[(.*)\]$/, '$1');
   const sockets = new Set<Socket>();
-  const server: Server = createServer((socket) => {
-    sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
-    new Session(socket, opts.array, opts.faults, opts.logger, opts.metrics);
+  const accept = (socket: Socket, mtls?: { identity: PeerIdentity | undefined }): void => {
+    new Session(socket, opts.array, opts.faults, opts.logger, opts.metrics, mtls);
+  };
+  const tls = opts.tls;
+  const server: Server = tls
+    ? createTlsServer({ cert: tls.cert, key: tls.key, ca: tls.ca, requestCert: true, rejectUnauthorized: true }, (socket: TLSSocket) =>
+        accept(socket, { identity: identityOfCertificate(socket.getPeerCertificate()) }),
+      )
+    : createServer((socket) => accept(socket));
+  // Every TCP connection, a TLS one still in its handshake too, so close() and dropSessions() end it.
+  server.on('connection', (raw: Socket) => {
+    sockets.add(raw);
+    raw.on('close', () => sockets.delete(raw));
+  });
+  // A handshake refused (no certificate, another CA's) is the client's failure, not the portal's.
+  server.on('tlsClientError', (err: Error, socket: TLSSocket) => {
+    opts.logger.warn('portal TLS handshake refused', { peer: `${socket.remoteAddress}:${socket.remotePort}`, error: err.message });
+    socket.destroy();
   });
   return new Promise((resolve, reject) => {
     server.once('error', reject);

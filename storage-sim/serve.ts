@@ -2,6 +2,8 @@
 import type { Logger } from '../common/logging.js';
 import { programMetrics, serveMetrics, type MetricsEndpoint } from '../common/metrics.js';
 import { startServer, type RunningServer } from '../common/server.js';
+import type { TlsMaterial } from '../common/tls.js';
+import { arrayAccessHooks, faultAccessHooks } from './access.js';
 import type { Registry } from 'prom-client';
 import { arrayMetrics } from './metrics.js';
 import { StorageArray } from './array.js';
@@ -21,6 +23,11 @@ export interface ServeArrayOptions {
   serialPrefix?: string;
   pools?: PoolRecord[];
   enableFaults?: boolean;
+  /**
+   * mTLS on the gRPC API and the block portal: client certificates the CA signed required,
+   * and each caller held to its certificate's role (storage-sim/access.ts). Plaintext without.
+   */
+  tls?: TlsMaterial;
   logger: Logger;
 }
 
@@ -50,15 +57,22 @@ export async function serveArray(opts: ServeArrayOptions): Promise<ServingArray>
   let portal: RunningPortal | undefined;
   let metrics: MetricsEndpoint | undefined;
   try {
-    portal = await startPortal({ listen: opts.portalListen ?? defaultPortalListen(opts.listen), array, faults, logger: opts.logger, metrics: counted });
-    running = await startServer({ listen: opts.listen, services: storageServices(array, faults, opts.logger, portal.address, rpc), logger: opts.logger, metrics: rpc });
+    portal = await startPortal({ listen: opts.portalListen ?? defaultPortalListen(opts.listen), array, faults, logger: opts.logger, metrics: counted, tls: opts.tls });
+    const access = opts.tls ? { array: arrayAccessHooks(), faults: faultAccessHooks() } : undefined;
+    running = await startServer({
+      listen: opts.listen,
+      services: storageServices(array, faults, opts.logger, portal.address, rpc, access),
+      logger: opts.logger,
+      metrics: rpc,
+      tls: opts.tls,
+    });
     metrics = opts.metricsListen ? await serveMetrics(opts.metricsListen, registry, opts.logger) : undefined;
   } catch (err) {
     await portal?.close();
     array.close();
     throw err;
   }
-  opts.logger.info('array ready', { array: array.name, luns: array.getArray().lunCount, faults: faults.enabled, blockPortal: portal.address });
+  opts.logger.info('array ready', { array: array.name, luns: array.getArray().lunCount, faults: faults.enabled, blockPortal: portal.address, tls: opts.tls ? 'mutual' : 'off' });
   const open = portal;
   return {
     array,
