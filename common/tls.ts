@@ -141,9 +141,15 @@ export function grpcClientTls(tls: TlsMaterial | undefined, endpoint: string, ex
   };
 }
 
-/** node:tls / node:http2 client options for the same. */
-export function clientTlsOptions(tls: TlsMaterial, expect?: Role): ConnectionOptions {
-  return { ca: tls.ca, cert: tls.cert, key: tls.key, checkServerIdentity: serverIdentityCheck(expect) };
+/** A client's mTLS: its certificate, and the role the server's must carry. */
+export interface ClientTls {
+  tls: TlsMaterial;
+  serverRole?: Role;
+}
+
+/** node:tls / node:http2 client options for it. */
+export function clientTlsOptions(c: ClientTls): ConnectionOptions {
+  return { ca: c.tls.ca, cert: c.tls.cert, key: c.tls.key, checkServerIdentity: serverIdentityCheck(c.serverRole) };
 }
 
 /** The TLS flags a program takes (and, for the CLIs, their environment variables). */

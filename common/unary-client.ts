@@ -13,6 +13,7 @@ import http2, { type ClientHttp2Session, type ClientHttp2Stream, type IncomingHt
 import { connect as netConnect } from 'node:net';
 import { Metadata, status as Code, type ServiceError } from '@grpc/grpc-js';
 import { MAX_MESSAGE_BYTES, RECEIVE_WINDOW_BYTES } from './limits.js';
+import { clientTlsOptions, type ClientTls } from './tls.js';
 
 interface UnaryMethod<Req, Res> {
   path: string;
@@ -63,26 +64,31 @@ function decodeMessage(details: string): string {
 }
 
 /** Where to connect: host:port, [v6]:port, dns:host:port, ipv4:/ipv6:host:port or unix:/path. */
-function authorityOf(endpoint: string): { authority: string; socketPath?: string } {
+function authorityOf(endpoint: string, tls: boolean): { authority: string; socketPath?: string } {
   if (endpoint.startsWith('unix:')) return { authority: 'http://localhost', socketPath: endpoint.slice(5).replace(/^\/\/(?=\/)/, '') };
   const bare = endpoint.replace(/^(dns:(\/\/[^/]*\/)?|ipv4:|ipv6:)/, '');
-  return { authority: `http://${bare}` };
+  return { authority: `${tls ? 'https' : 'http'}://${bare}` };
 }
+
 
 class Channel {
   private session: ClientHttp2Session | undefined;
 
-  constructor(private readonly endpoint: string) {}
+  constructor(
+    private readonly endpoint: string,
+    private readonly tls?: ClientTls,
+  ) {}
 
   /** The open session, or a new one: a session that closed or went away is never reused. */
   private open(): ClientHttp2Session {
     const s = this.session;
     if (s && !s.closed && !s.destroyed) return s;
-    const { authority, socketPath } = authorityOf(this.endpoint);
+    const { authority, socketPath } = authorityOf(this.endpoint, this.tls !== undefined);
     const session = http2.connect(authority, {
       settings: { initialWindowSize: RECEIVE_WINDOW_BYTES },
       maxSessionMemory: Number.MAX_SAFE_INTEGER,
       ...(socketPath ? { createConnection: () => netConnect(socketPath) } : {}),
+      ...(this.tls ? clientTlsOptions(this.tls) : {}),
     });
     session.on('connect', () => {
       try {
@@ -221,10 +227,10 @@ class Channel {
 /**
  * A client for a generated service definition (e.g. StorageArrayServiceService): each unary
  * method a function of (request, {timeoutMs}) returning the response. One HTTP/2 connection,
- * made at the first call and again after it closes.
+ * made at the first call and again after it closes; over mTLS when `tls` is given.
  */
-export function unaryClient<Def extends object>(definition: Def, endpoint: string, defaults: { timeoutMs: number }): UnaryClient<Def> {
-  const channel = new Channel(endpoint);
+export function unaryClient<Def extends object>(definition: Def, endpoint: string, defaults: { timeoutMs: number; tls?: ClientTls }): UnaryClient<Def> {
+  const channel = new Channel(endpoint, defaults.tls);
   const client: Record<string, unknown> = { close: () => channel.close() };
   for (const [name, m] of Object.entries(definition) as [string, { requestStream: boolean; responseStream: boolean }][]) {
     if (m.requestStream || m.responseStream) continue;

@@ -7,9 +7,11 @@
  * (an array that restarted may listen elsewhere).
  */
 import { connect, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { status as Code } from '@grpc/grpc-js';
 import { decodeReply, DirectFrameReader, encodeRequest, isErrorReply, PORTAL_VERSION, ProtocolError, READ_REPLY_HEADER_BYTES, type PortalReply, type PortalRequest } from '../common/block-wire.js';
 import type { Logger } from '../common/logging.js';
+import { clientTlsOptions, type ClientTls } from '../common/tls.js';
 import { markSpareHead } from '../common/block-messages.js';
 import { RemoteStatusError } from '../common/status.js';
 import { callArray } from './array-calls.js';
@@ -47,14 +49,17 @@ export class PortalSession {
     socket.on('close', () => this.end('the array closed the session'));
   }
 
-  /** Connects and logs in as `initiator`; UNAVAILABLE if either fails within `timeoutMs`. */
-  static open(address: string, initiator: string, timeoutMs: number): Promise<PortalSession> {
+  /**
+   * Connects and logs in as `initiator`; UNAVAILABLE if either fails within `timeoutMs`. With
+   * `tls`, over mTLS with that (the node's) certificate, which the array holds the login to.
+   */
+  static open(address: string, initiator: string, timeoutMs: number, tls?: ClientTls): Promise<PortalSession> {
     const { host, port } = splitHostPort(address);
     return new Promise((resolve, reject) => {
       const reader = new DirectFrameReader();
       let session: PortalSession | undefined;
       // The socket reads straight into the reply frames: a block arrives with no copy.
-      const socket = connect({
+      const options = {
         host,
         port,
         onread: {
@@ -69,7 +74,8 @@ export class PortalSession {
             return true;
           },
         },
-      });
+      };
+      const socket = tls ? tlsConnect({ ...options, ...clientTlsOptions(tls) }) : connect(options);
       const timer = setTimeout(() => {
         socket.destroy();
         reject(unreachable(`no session with the block portal at ${address} within ${timeoutMs} ms`));
@@ -78,7 +84,7 @@ export class PortalSession {
         clearTimeout(timer);
         reject(unreachable(`block portal at ${address}: ${err.message}`));
       });
-      socket.once('connect', () => {
+      socket.once(tls ? 'secureConnect' : 'connect', () => {
         session = new PortalSession(socket, address);
         session
           .command({ op: 'login', version: PORTAL_VERSION, initiator }, timeoutMs)
@@ -153,6 +159,8 @@ export class PortalDataPlane implements DataPlane {
     readonly initiator: string,
     private readonly logger: Logger,
     private readonly retry: RetryPolicy = DEFAULT_RETRY,
+    /** mTLS with this node's certificate: the array lets the session log in only as its initiator. */
+    private readonly tls?: ClientTls,
   ) {}
 
   private open(): Promise<PortalSession> {
@@ -170,7 +178,7 @@ export class PortalDataPlane implements DataPlane {
     const opening = (async () => {
       this.address ??= await this.discover();
       try {
-        const s = await PortalSession.open(this.address, this.initiator, this.retry.callTimeoutMs);
+        const s = await PortalSession.open(this.address, this.initiator, this.retry.callTimeoutMs, this.tls);
         this.logger.info('block portal session', { portal: this.address, initiator: this.initiator });
         if (this.closed) s.close();
         return s;
