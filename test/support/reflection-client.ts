@@ -10,7 +10,7 @@ import {
   type FileRegistry,
 } from '@bufbuild/protobuf';
 import { FileDescriptorProtoSchema, type FileDescriptorProto } from '@bufbuild/protobuf/wkt';
-import { credentials, status as Code, type ClientDuplexStream, type StatusObject } from '@grpc/grpc-js';
+import { credentials, status as Code, type ChannelCredentials, type ClientDuplexStream, type StatusObject } from '@grpc/grpc-js';
 import * as v1 from '../../proto/gen/grpc/reflection/v1/reflection.js';
 import * as v1alpha from '../../proto/gen/grpc/reflection/v1alpha/reflection.js';
 
@@ -75,12 +75,14 @@ interface ReflectionStub {
 export class ReflectionClient {
   private readonly stub: ReflectionStub;
 
-  constructor(address: string, version: ReflectionVersion = 'v1') {
-    const insecure = credentials.createInsecure();
+  /** Plaintext unless `tls` gives credentials (and channel options) for an mTLS server. */
+  constructor(address: string, version: ReflectionVersion = 'v1', tls?: { credentials: ChannelCredentials; options: object }) {
+    const creds = tls?.credentials ?? credentials.createInsecure();
+    const options = tls?.options ?? {};
     this.stub =
       version === 'v1'
-        ? new v1.ServerReflectionClient(address, insecure)
-        : new v1alpha.ServerReflectionClient(address, insecure);
+        ? new v1.ServerReflectionClient(address, creds, options)
+        : new v1alpha.ServerReflectionClient(address, creds, options);
   }
 
   /** One ServerReflectionInfo stream; several questions can be asked on it in turn. */
