@@ -13,6 +13,7 @@
  */
 import type { X509Certificate } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
+import { PermissionDeniedError } from './errors.js';
 
 export const ROLES = ['array', 'host-agent', 'host-node', 'admin'] as const;
 export type Role = (typeof ROLES)[number];
@@ -84,4 +85,21 @@ export function identityOfX509(cert: X509Certificate): PeerIdentity {
 export function describeIdentity(id: PeerIdentity): string {
   if (id.role === undefined) return `a certificate with no passthru role (${id.subject})`;
   return id.node ? `${id.role} ${id.node}` : `${id.role} (${id.subject})`;
+}
+
+function articled(r: Role): string {
+  return `${/^[aeiou]/.test(r) ? 'an' : 'a'} ${r}`;
+}
+
+/**
+ * The caller, if its certificate carries one of `roles`; PERMISSION_DENIED naming what is
+ * needed otherwise ("<what> needs an admin certificate; the caller is host-node node1").
+ */
+export function requireRole(what: string, roles: readonly Role[], id: PeerIdentity | undefined): PeerIdentity {
+  // A TLS server refuses a connection without a verified certificate before any call; this
+  // is the belt to those braces.
+  if (!id) throw new PermissionDeniedError(`${what} came without a client certificate: connect with one the CA signed`, 'NO_CLIENT_CERTIFICATE');
+  if (id.role !== undefined && roles.includes(id.role)) return id;
+  const named = roles.length === 1 ? articled(roles[0]!) : `${roles.slice(0, -1).map(articled).join(', ')} or ${articled(roles.at(-1)!)}`;
+  throw new PermissionDeniedError(`${what} needs ${named} certificate; the caller is ${describeIdentity(id)}`, 'ROLE_REQUIRED');
 }

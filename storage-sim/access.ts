@@ -15,7 +15,7 @@
  * development mode, plaintext on loopback).
  */
 import { PermissionDeniedError } from '../common/errors.js';
-import { describeIdentity, type PeerIdentity, type Role } from '../common/identity.js';
+import { requireRole, ROLES, type PeerIdentity } from '../common/identity.js';
 import type { CallHooks } from '../common/rpc.js';
 import { parseInitiator } from './rules.js';
 
@@ -41,28 +41,12 @@ export const AS_INITIATOR: ReadonlySet<string> = new Set([
   'PreemptReservation',
 ]);
 
-function caller(id: PeerIdentity | undefined): PeerIdentity {
-  // The TLS server refuses a connection without a verified certificate before any call;
-  // this is the belt to those braces.
-  if (!id) throw new PermissionDeniedError('this call came without a client certificate: connect with one the array\'s CA signed', 'NO_CLIENT_CERTIFICATE');
-  if (id.role === undefined) throw new PermissionDeniedError(`${describeIdentity(id)} may call nothing here: use a certificate from passthru pki init`, 'ROLE_REQUIRED');
-  return id;
-}
-
-function need(what: string, roles: readonly Role[], id: PeerIdentity): void {
-  if (id.role !== undefined && roles.includes(id.role)) return;
-  const a = (r: Role): string => `${/^[aeiou]/.test(r) ? 'an' : 'a'} ${r}`;
-  const named = `${roles.length === 1 ? a(roles[0]!) : `${roles.slice(0, -1).map(a).join(', ')} or ${a(roles.at(-1)!)}`} certificate`;
-  throw new PermissionDeniedError(`${what} needs ${named}; the caller is ${describeIdentity(id)}`, 'ROLE_REQUIRED');
-}
-
 /**
  * The initiator a host node acts as: its certificate's. A request naming another is refused;
  * one naming none gets the node's own. Returns it in the array's canonical spelling.
  */
 export function ownInitiator(what: string, id: PeerIdentity | undefined, named: string): string {
-  const who = caller(id);
-  need(what, ['host-node'], who);
+  const who = requireRole(what, ['host-node'], id);
   const mine = parseInitiator('initiator', who.initiator!).name;
   if (named.trim() === '') return mine;
   if (parseInitiator('initiator', named).name !== mine) {
@@ -78,19 +62,16 @@ export function ownInitiator(what: string, id: PeerIdentity | undefined, named: 
 export function arrayAccessHooks(): CallHooks {
   return {
     before: (ctx, request) => {
-      const id = caller(ctx.identity);
-      if (READS.has(ctx.method)) return;
-      if (AS_INITIATOR.has(ctx.method)) {
+      if (READS.has(ctx.method)) requireRole(ctx.method, ROLES, ctx.identity);
+      else if (AS_INITIATOR.has(ctx.method)) {
         const req = request as { initiator: string };
-        req.initiator = ownInitiator(ctx.method, id, req.initiator);
-        return;
-      }
-      need(`${ctx.method} changes the array: it`, ['host-node', 'admin'], id);
+        req.initiator = ownInitiator(ctx.method, ctx.identity, req.initiator);
+      } else requireRole(`${ctx.method} changes the array: it`, ['host-node', 'admin'], ctx.identity);
     },
   };
 }
 
 /** FaultInjectionService: administrators only. */
 export function faultAccessHooks(): CallHooks {
-  return { before: (ctx) => need(`FaultInjectionService.${ctx.method}`, ['admin'], caller(ctx.identity)) };
+  return { before: (ctx) => void requireRole(`FaultInjectionService.${ctx.method}`, ['admin'], ctx.identity) };
 }

@@ -5,7 +5,7 @@
  * admins change the array, a host node does block I/O and reservations only as the initiator
  * its certificate binds (gRPC and block portal alike), FaultInjectionService is the admin's.
  */
-import { credentials, status as Code } from '@grpc/grpc-js';
+import { credentials, Metadata, status as Code } from '@grpc/grpc-js';
 import { expect } from 'chai';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -116,7 +116,7 @@ describe('storage-sim with mTLS', function () {
       const ca = pki.tls('admin').ca;
       const c = new StorageArrayServiceClient(`localhost:${sim.running.port}`, credentials.createSsl(ca));
       try {
-        const err = await new Promise<{ code: number }>((resolve) => c.getArray({}, { deadline: Date.now() + 5000 }, (e) => resolve(e ?? { code: Code.OK })));
+        const err = await new Promise<{ code: number }>((resolve) => c.getArray({}, new Metadata(), { deadline: Date.now() + 5000 }, (e) => resolve(e ?? { code: Code.OK })));
         expect(Code[err.code]).to.equal('UNAVAILABLE');
       } finally {
         c.close();
