@@ -9,7 +9,7 @@ import { InvalidArgumentError, UnavailableError } from '../common/errors.js';
 import type { Logger } from '../common/logging.js';
 import { GuestServiceDefinition } from '../common/block-messages.js';
 import type { RpcMetrics } from '../common/metrics.js';
-import { implement } from '../common/rpc.js';
+import { implement, type CallHooks } from '../common/rpc.js';
 import type { ServiceRegistration } from '../common/service.js';
 import { statusOfKind } from '../common/status.js';
 import {
@@ -335,7 +335,8 @@ export function guestService(agent: HostAgent, vmId: string, endpoint: (id: stri
   };
 }
 
-export function adminService(agent: HostAgent, endpoint: (id: string) => string, logger: Logger, metrics?: RpcMetrics): ServiceRegistration {
+/** `hooks` run before every AdminService call: with mTLS, the admin-only check (serve.ts). */
+export function adminService(agent: HostAgent, endpoint: (id: string) => string, logger: Logger, metrics?: RpcMetrics, hooks?: CallHooks): ServiceRegistration {
   const vm = (v: VmRecord): Vm => toVm(v, endpoint);
   return {
     name: 'passthru.host.v1.AdminService',
@@ -458,7 +459,7 @@ export function adminService(agent: HostAgent, endpoint: (id: string) => string,
           }));
         },
       },
-      { logger: logger.child({ endpoint: 'admin' }), quietMethods: ADMIN_QUIET, metrics },
+      { logger: logger.child({ endpoint: 'admin' }), quietMethods: ADMIN_QUIET, metrics, hooks },
     ),
   };
 }
