@@ -224,7 +224,7 @@ function checkKept(dir: string, ca: Ca, w: Wanted, hosts: readonly string[]): Pe
   }
   if (w.server) {
     for (const h of hosts) {
-      if (!cert.checkHost(h) && !cert.checkIP(h)) throw new FailedPreconditionError(`${path} does not name host ${h}: ${redo} with every --host`, 'PKI_HOST_MISSING');
+      if (!(isIP(h) === 0 ? cert.checkHost(h) : cert.checkIP(h))) throw new FailedPreconditionError(`${path} does not name host ${h}: ${redo} with every --host`, 'PKI_HOST_MISSING');
     }
   }
   return id;
