@@ -42,6 +42,8 @@ export interface StorageArray {
   readonly endpoint: string;
   /** Where hosts reach LUN data (host:port): the array's block portal. */
   blockPortal(): Promise<string>;
+  /** Whether the array answers at all, asked once with this deadline (no retries): for health. */
+  answers(timeoutMs: number): Promise<boolean>;
   listPools(): Promise<PoolInfo[]>;
   /** Creates a thick LUN; the same path and parameters return the existing one. */
   createLun(req: { requestId: string; path: string; sizeBytes: number; guestOs: GuestOsName; comment: string }): Promise<ArrayLun>;

@@ -3,6 +3,8 @@
  * `callArray` (retries, domain errors). Block I/O goes through the block portal instead
  * (portal-client.ts), which this finds with `blockPortal`.
  */
+import { status as Code } from '@grpc/grpc-js';
+import { remoteStatus } from '../common/status.js';
 import { unaryClient, type UnaryClient } from '../common/unary-client.js';
 import { DomainError, UnavailableError } from '../common/errors.js';
 import type { Logger } from '../common/logging.js';
@@ -52,6 +54,17 @@ export class GrpcArray implements StorageArray {
   async blockPortal(): Promise<string> {
     const res = await this.call('GetArray', () => this.client.getArray({}));
     return portalAddress(res.blockPortal, this.endpoint);
+  }
+
+  async answers(timeoutMs: number): Promise<boolean> {
+    try {
+      await this.client.getArray({}, { timeoutMs });
+      return true;
+    } catch (err) {
+      // Any answer, even a refusal, is the array answering.
+      const st = remoteStatus(err);
+      return st !== undefined && st.code !== Code.UNAVAILABLE && st.code !== Code.DEADLINE_EXCEEDED;
+    }
   }
 
   async listPools(): Promise<PoolInfo[]> {

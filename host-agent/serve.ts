@@ -36,6 +36,8 @@ export interface ServeHostAgentOptions {
   socketDir?: string;
   /** host:port for Prometheus metrics at /metrics; none unless given. */
   metricsListen?: string;
+  /** How often the array is asked whether it answers, for the health of the storage dependency (default 2 s). */
+  storageProbeMs?: number;
   logger: Logger;
   retry?: Partial<RetryPolicy>;
   backoff?: BackoffPolicy;
@@ -57,6 +59,8 @@ export interface ServingHostAgent {
 
 const ADMIN = 'passthru.host.v1.AdminService';
 const GUEST = 'passthru.host.v1.GuestService';
+/** The health entry of the storage dependency: NOT_SERVING while the array does not answer. */
+export const STORAGE_DEPENDENCY = 'passthru.storage.v1.StorageArrayService';
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 const KNOWN_STEPS = new Set(Object.values(STEPS).flat());
@@ -128,6 +132,24 @@ export async function serveHostAgent(opts: ServeHostAgentOptions): Promise<Servi
     array.close();
     throw err;
   }
+  let storageStatus: 'SERVING' | 'NOT_SERVING' | undefined;
+  const setStorageHealth = (status: 'SERVING' | 'NOT_SERVING'): void => {
+    if (status === storageStatus) return;
+    storageStatus = status;
+    if (status === 'NOT_SERVING') logger.warn('the storage array does not answer', { storage: opts.storage });
+    else logger.info('the storage array answers', { storage: opts.storage });
+    admin.health.set(STORAGE_DEPENDENCY, status);
+    for (const g of guests.values()) g.health.set(STORAGE_DEPENDENCY, status);
+  };
+  const probeMs = opts.storageProbeMs ?? 2000;
+  let probeTimer: NodeJS.Timeout | undefined;
+  let probing = true;
+  const probe = async (): Promise<void> => {
+    setStorageHealth((await array.answers(Math.min(probeMs, 1000))) ? 'SERVING' : 'NOT_SERVING');
+    if (probing) probeTimer = setTimeout(() => void probe(), probeMs);
+  };
+  void probe();
+
   let healthy = false;
   const startGuest = async (vm: VmRecord): Promise<void> => {
     if (guests.has(vm.id)) return;
@@ -140,12 +162,14 @@ export async function serveHostAgent(opts: ServeHostAgentOptions): Promise<Servi
       initialHealth: healthy ? 'SERVING' : 'NOT_SERVING',
     });
     chmodSync(socketPath(vm.id), 0o600);
+    if (storageStatus) running.health.set(STORAGE_DEPENDENCY, storageStatus);
     guests.set(vm.id, running);
   };
   agent.on('vmAdded', (vm) => {
     startGuest(vm).catch((err: unknown) => logger.error('guest endpoint failed to start', { vmId: vm.id, error: String(err) }));
   });
   for (const vm of state.vms.values()) await startGuest(vm);
+
 
   const setHealth = (status: 'SERVING' | 'NOT_SERVING'): void => {
     admin.health.set('', status);
@@ -181,6 +205,8 @@ export async function serveHostAgent(opts: ServeHostAgentOptions): Promise<Servi
     metrics,
     ready,
     close: async (graceMs = 5000) => {
+      probing = false;
+      clearTimeout(probeTimer);
       await Promise.all([admin.shutdown(graceMs), ...[...guests.values()].map((g) => g.shutdown(graceMs)), metrics?.close()]);
       await agent.close(graceMs);
       for (const p of planes.values()) p.close();

@@ -215,6 +215,10 @@ export class FakeArray implements StorageArray {
 
   // ---------------------------------------------------------------- StorageArray
 
+  answers(): Promise<boolean> {
+    return Promise.resolve(!this.down);
+  }
+
   blockPortal(): Promise<string> {
     return this.call('blockPortal', {}, () => '127.0.0.1:1');
   }

@@ -61,7 +61,9 @@ export interface TestCluster {
   close(): Promise<void>;
 }
 
-export async function startCluster(opts: { cluster?: object; logger?: Logger; retry?: Partial<RetryPolicy>; backoff?: BackoffPolicy; pools?: { name: string; capacityBytes: number }[] } = {}): Promise<TestCluster> {
+export async function startCluster(
+  opts: { cluster?: object; logger?: Logger; retry?: Partial<RetryPolicy>; backoff?: BackoffPolicy; pools?: { name: string; capacityBytes: number }[]; storageProbeMs?: number } = {},
+): Promise<TestCluster> {
   const dir = tempDir('passthru-host-');
   const logger = opts.logger ?? silentLogger();
   const file: ClusterFile = parseClusterFile(JSON.stringify(opts.cluster ?? DEFAULT_CLUSTER));
@@ -75,6 +77,7 @@ export async function startCluster(opts: { cluster?: object; logger?: Logger; re
       logger,
       retry: opts.retry ?? FAST_RETRY,
       backoff: opts.backoff ?? FAST_BACKOFF,
+      storageProbeMs: opts.storageProbeMs,
     });
     await host.ready;
     return host;
