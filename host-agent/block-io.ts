@@ -70,10 +70,36 @@ export class BlockIo {
     if (req.requestId.length > MAX_REQUEST_ID || !/^[\x21-\x7e]*$/.test(req.requestId)) {
       throw new InvalidArgumentError('request_id', `request_id must be at most ${MAX_REQUEST_ID} printable ASCII characters without spaces (or empty)`);
     }
-    const { disk, plane } = this.target(vmId, req.address);
+    const { vm, disk, plane } = this.target(vmId, req.address);
     this.checkRange(disk, req.offsetBytes, req.data.length, 'data');
     // Request ids are the VM's own: scoped so two VMs' ids never meet on the array.
     const id = req.requestId === '' ? '' : `vm:${vmId}:${createHash('sha256').update(req.requestId).digest('base64url').slice(0, 32)}`;
-    return plane.write(id, disk.lun.uuid, req.offsetBytes, req.data);
+    try {
+      return await plane.write(id, disk.lun.uuid, req.offsetBytes, req.data);
+    } catch (err) {
+      throw this.fencedByMove(err, vmId, vm.node);
+    }
+  }
+
+  /**
+   * A write that went out through `node` and came back "reservation conflict" because the
+   * VM's group moved (or its node failed) while it was on its way: the new owner fenced the
+   * old node, as it must, and nothing was written. That is the failover's business, not the
+   * guest's: UNAVAILABLE with the reason a guest already retries on, and the retry goes
+   * through the node that carries the VM now. Any other refusal is passed on as it is.
+   * (Found by the chaos run: a write in flight across a MoveGroup failed the guest's command
+   * with FAILED_PRECONDITION, though its I/O is promised to ride a move out.)
+   */
+  private fencedByMove(err: unknown, vmId: string, node: string): unknown {
+    if (!(err instanceof FailedPreconditionError) || err.reason !== 'RESERVATION_CONFLICT') return err;
+    const state = this.agent.state;
+    const vm = state.vms.get(vmId);
+    if (state.nodes.get(node)?.up === false) {
+      return new UnavailableError(`node ${node} failed while this write was on its way through it; the array refused it (nothing was written): retry in a moment`, 'VM_FAILING_OVER');
+    }
+    if (vm && (vm.node !== node || state.groups.get(vm.group)?.movingTo)) {
+      return new UnavailableError(`VM ${vmId} moved from node ${node} while this write was on its way through it; the array refused it (nothing was written): retry in a moment`, 'VM_MOVING');
+    }
+    return err;
   }
 }
