@@ -201,7 +201,8 @@ export function reportError(cli: CliIdentity, err: unknown, o: ConnOpts): void {
   process.stderr.write(`${cli.program}: ${statusName(code)}: ${message}\n`);
   // The hint only when the channel (not the server itself, e.g. an injected outage) failed.
   if (code === Code.DEADLINE_EXCEEDED || (code === Code.UNAVAILABLE && CHANNEL_FAILURE.test(message))) {
-    process.stderr.write(`${cli.program}: is ${cli.program} serving at ${o.endpoint}? (--endpoint or $${cli.endpointEnv})\n`);
+    const tls = o.tlsDir || o.tlsCert ? '' : '; if it serves mTLS, give --tls-dir or --tls-cert, --tls-key and --tls-ca';
+    process.stderr.write(`${cli.program}: is ${cli.program} serving at ${o.endpoint}? (--endpoint or $${cli.endpointEnv}${tls})\n`);
   }
   process.exitCode = EXIT_CODES.get(code) ?? 1;
 }

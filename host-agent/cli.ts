@@ -2,6 +2,7 @@
 import { runProgram } from '../common/cli.js';
 import { Command, Option } from 'commander';
 import { addAdminCommands } from './admin-cli.js';
+import type { HostAgentTlsFlags } from './tls.js';
 
 export function buildProgram(): Command {
   const program = new Command('host-agent')
@@ -17,6 +18,11 @@ export function buildProgram(): Command {
     .requiredOption('--cluster <file>', 'the cluster file (JSON: nodes, VMs, owner of Available Storage)')
     .option('--socket-dir <dir>', "where the VMs' GuestService sockets go (default <data-dir>/sock)")
     .option('--metrics-listen <addr>', 'host:port to serve Prometheus metrics on, at /metrics (off unless given)')
+    .option('--tls-dir <dir>', 'mTLS from a passthru pki init directory: host-agent.crt for AdminService (admins only), nodes/<node>.crt toward the array, ca.crt')
+    .option('--tls-cert <file>', "mTLS: AdminService's certificate (PEM), with --tls-key, --tls-ca and --tls-node-dir")
+    .option('--tls-key <file>', "mTLS: AdminService's private key (PEM)")
+    .option('--tls-ca <file>', "mTLS: the CA certificate clients' and the array's must chain to (PEM)")
+    .option('--tls-node-dir <dir>', "mTLS: each node's <node>.crt and <node>.key, its identity toward the array")
     .option('--array-attempts <n>', 'attempts per array call when the array is unavailable', (v) => Number.parseInt(v, 10))
     .option('--array-timeout-ms <ms>', 'deadline of each array call', (v) => Number.parseInt(v, 10))
     .addOption(new Option('--crash-at <point>', 'tests only: SIGKILL this process at a workflow step, [kind:]step[@before|during|after]').hideHelp())
@@ -33,12 +39,13 @@ export function buildProgram(): Command {
         arrayTimeoutMs?: number;
         crashAt?: string;
         logLevel: string;
-      }) => {
-        const [{ createLogger }, { stopOnSignals }, { serveHostAgent }, { readClusterFile }] = await Promise.all([
+      } & HostAgentTlsFlags) => {
+        const [{ createLogger }, { stopOnSignals }, { serveHostAgent }, { readClusterFile }, { hostAgentTls }] = await Promise.all([
           import('../common/logging.js'),
           import('../common/server.js'),
           import('./serve.js'),
           import('./cluster-file.js'),
+          import('./tls.js'),
         ]);
         const logger = createLogger({ service: 'host-agent', level: o.logLevel });
         const retry: { attempts?: number; callTimeoutMs?: number } = {};
@@ -54,6 +61,7 @@ export function buildProgram(): Command {
           logger,
           retry,
           crashAt: o.crashAt,
+          tls: hostAgentTls(o),
         });
         process.stdout.write(`host-agent listening on ${serving.admin.address} (recovering)\n`);
         if (serving.metrics) process.stdout.write(`host-agent metrics on http://${serving.metrics.address}/metrics\n`);

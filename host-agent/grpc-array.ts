@@ -1,12 +1,15 @@
 /**
  * The array's control plane over gRPC: storage-sim's StorageArrayService. Calls go through
  * `callArray` (retries, domain errors). Block I/O goes through the block portal instead
- * (portal-client.ts), which this finds with `blockPortal`.
+ * (portal-client.ts), which this finds with `blockPortal`. Under mTLS each node's
+ * reservation commands go with that node's certificate (the array lets a node act only as
+ * the initiator its certificate binds); every other call with any one node's.
  */
 import { status as Code } from '@grpc/grpc-js';
 import { remoteStatus } from '../common/status.js';
 import { unaryClient, type UnaryClient } from '../common/unary-client.js';
-import { DomainError, UnavailableError } from '../common/errors.js';
+import { DomainError, FailedPreconditionError, UnavailableError } from '../common/errors.js';
+import type { ClientTls } from '../common/tls.js';
 import type { Logger } from '../common/logging.js';
 import {
   IgroupProtocol,
@@ -36,15 +39,38 @@ export function portalAddress(reported: string, endpoint: string): string {
   return `${api ? api[1] : '127.0.0.1'}:${m[2]}`;
 }
 
+type Client = UnaryClient<typeof StorageArrayServiceService>;
+
 export class GrpcArray implements StorageArray {
-  private readonly client: UnaryClient<typeof StorageArrayServiceService>;
+  /** Plaintext: the one client. mTLS: one per node, by initiator, made on first use. */
+  private readonly clients = new Map<string, Client>();
 
   constructor(
     readonly endpoint: string,
     private readonly logger: Logger,
     private readonly retry: RetryPolicy = DEFAULT_RETRY,
-  ) {
-    this.client = unaryClient(StorageArrayServiceService, endpoint, { timeoutMs: retry.callTimeoutMs });
+    /** mTLS: each node's certificate by initiator (lower case); filled by the time of the first call. */
+    private readonly nodeTls?: ReadonlyMap<string, ClientTls>,
+  ) {}
+
+  /** The client for calls that act as no node in particular. */
+  private get client(): Client {
+    return this.as(undefined);
+  }
+
+  /** The client that acts as `initiator`'s node (under mTLS its certificate is the node's). */
+  private as(initiator: string | undefined): Client {
+    if (!this.nodeTls) return this.clientWith('', undefined);
+    const key = initiator?.toLowerCase() ?? this.nodeTls.keys().next().value;
+    const tls = key === undefined ? undefined : this.nodeTls.get(key);
+    if (!tls) throw new FailedPreconditionError(`no node certificate for initiator ${initiator ?? '(any)'}: the host agent cannot act as it on the array`, 'NO_NODE_CERTIFICATE');
+    return this.clientWith(key!, tls);
+  }
+
+  private clientWith(key: string, tls: ClientTls | undefined): Client {
+    let c = this.clients.get(key);
+    if (!c) this.clients.set(key, (c = unaryClient(StorageArrayServiceService, this.endpoint, { timeoutMs: this.retry.callTimeoutMs, tls })));
+    return c;
   }
 
   private call<R>(method: string, fn: () => Promise<R>): Promise<R> {
@@ -154,10 +180,10 @@ export class GrpcArray implements StorageArray {
 
   async reserve(req: { requestId: string; lun: string; initiator: string; key: string }): Promise<void> {
     await this.call('RegisterReservationKey', () =>
-      this.client.registerReservationKey({ requestId: `${req.requestId}:register`, lun: req.lun, initiator: req.initiator, key: req.key }),
+      this.as(req.initiator).registerReservationKey({ requestId: `${req.requestId}:register`, lun: req.lun, initiator: req.initiator, key: req.key }),
     );
     await this.call('Reserve', () =>
-      this.client.reserve({
+      this.as(req.initiator).reserve({
         requestId: `${req.requestId}:reserve`,
         lun: req.lun,
         initiator: req.initiator,
@@ -171,11 +197,12 @@ export class GrpcArray implements StorageArray {
     try {
       // Unregistering (key 0) also releases a reservation the initiator holds (SPC-3).
       await this.call('RegisterReservationKey', () =>
-        this.client.registerReservationKey({ requestId: `${req.requestId}:unregister`, lun: req.lun, initiator: req.initiator, key: '0' }),
+        this.as(req.initiator).registerReservationKey({ requestId: `${req.requestId}:unregister`, lun: req.lun, initiator: req.initiator, key: '0' }),
       );
     } catch (err) {
-      // Releasing on a LUN that is gone, or no longer mapped to this node, is done already.
-      if (err instanceof DomainError && (err.kind === 'not_found' || err.kind === 'permission_denied')) return;
+      // Releasing on a LUN that is gone, or no longer mapped to this node, is done already
+      // (LUN masking; a refusal of the node's certificate is no such thing).
+      if (err instanceof DomainError && (err.kind === 'not_found' || (err.kind === 'permission_denied' && err.reason === 'LUN_MASKED'))) return;
       throw err;
     }
   }
@@ -184,10 +211,10 @@ export class GrpcArray implements StorageArray {
     // Each call is idempotent by itself, so an empty request id (no replay record) is safe too.
     const id = (part: string): string => (req.requestId === '' ? '' : `${req.requestId}:${part}`);
     await this.call('RegisterReservationKey', () =>
-      this.client.registerReservationKey({ requestId: id('register'), lun: req.lun, initiator: req.initiator, key: req.key }),
+      this.as(req.initiator).registerReservationKey({ requestId: id('register'), lun: req.lun, initiator: req.initiator, key: req.key }),
     );
     await this.call('PreemptReservation', () =>
-      this.client.preemptReservation({
+      this.as(req.initiator).preemptReservation({
         requestId: id('preempt'),
         lun: req.lun,
         initiator: req.initiator,
@@ -198,7 +225,7 @@ export class GrpcArray implements StorageArray {
     );
     // Nobody held it (the failed node had released it): take it.
     await this.call('Reserve', () =>
-      this.client.reserve({
+      this.as(req.initiator).reserve({
         requestId: id('reserve'),
         lun: req.lun,
         initiator: req.initiator,
@@ -220,6 +247,7 @@ export class GrpcArray implements StorageArray {
   }
 
   close(): void {
-    this.client.close();
+    for (const c of this.clients.values()) c.close();
+    this.clients.clear();
   }
 }

@@ -9,6 +9,7 @@ import { InvalidArgumentError } from '../common/errors.js';
 import type { Logger } from '../common/logging.js';
 import { programMetrics, serveMetrics, type MetricsEndpoint } from '../common/metrics.js';
 import { startServer, type RunningServer } from '../common/server.js';
+import type { ClientTls } from '../common/tls.js';
 import type { Registry } from 'prom-client';
 import { HostAgent, STEPS } from './agent.js';
 import { DEFAULT_RETRY, type RetryPolicy } from './array.js';
@@ -19,6 +20,7 @@ import type { ClusterFile } from './cluster-file.js';
 import type { VmRecord } from './model.js';
 import { adminService, guestService } from './service.js';
 import { hostMetrics } from './metrics.js';
+import { adminAccessHooks, nodeIdentities, type HostAgentTls } from './tls.js';
 import { HostState } from './state.js';
 import { SqliteStore } from './store.js';
 import type { BackoffPolicy, StepHook, StepPoint } from './workflow/engine.js';
@@ -43,6 +45,11 @@ export interface ServeHostAgentOptions {
   backoff?: BackoffPolicy;
   /** Tests: SIGKILL this process at a step point, e.g. "lun.map", "create_disk:scsi.attach@after". */
   crashAt?: string;
+  /**
+   * mTLS (host-agent/tls.ts): AdminService with this certificate, admins only; the array
+   * called with each node's certificate. Plaintext without.
+   */
+  tls?: HostAgentTls;
 }
 
 export interface ServingHostAgent {
@@ -96,7 +103,9 @@ export async function serveHostAgent(opts: ServeHostAgentOptions): Promise<Servi
   const state = new HostState(new SqliteStore(dataDir));
   const stored = state.meta.get('cluster')?.value as { name: string; volume: string } | undefined;
   const cluster = stored ?? { name: opts.cluster.name, volume: opts.cluster.volume };
-  const array = new GrpcArray(opts.storage, logger, { ...DEFAULT_RETRY, ...opts.retry });
+  // Each node's certificate, by initiator: filled once the cluster is seeded, before any call.
+  const nodeTls = new Map<string, ClientTls>();
+  const array = new GrpcArray(opts.storage, logger, { ...DEFAULT_RETRY, ...opts.retry }, opts.tls ? nodeTls : undefined);
   const { registry, rpc } = programMetrics('host-agent');
   let inFlight = (): number => 0;
   const counted = hostMetrics(registry, state, () => inFlight());
@@ -116,7 +125,7 @@ export async function serveHostAgent(opts: ServeHostAgentOptions): Promise<Servi
   agent.blockIo = new BlockIo(agent, (node) => {
     let p = planes.get(node);
     const n = state.nodes.get(node);
-    if (!p && n) planes.set(node, (p = new PortalDataPlane(portal, n.initiator, logger, { ...DEFAULT_RETRY, ...opts.retry })));
+    if (!p && n) planes.set(node, (p = new PortalDataPlane(portal, n.initiator, logger, { ...DEFAULT_RETRY, ...opts.retry }, nodeTls.get(n.initiator.toLowerCase()))));
     return p;
   });
   let admin: RunningServer | undefined;
@@ -124,7 +133,15 @@ export async function serveHostAgent(opts: ServeHostAgentOptions): Promise<Servi
   const guests = new Map<string, RunningServer>();
   try {
     agent.seed(opts.cluster);
-    admin = await startServer({ listen: opts.listen, services: [adminService(agent, endpoint, logger, rpc)], logger, initialHealth: 'NOT_SERVING', metrics: rpc });
+    if (opts.tls) for (const [initiator, tls] of nodeIdentities(opts.tls, state.nodes.values())) nodeTls.set(initiator, tls);
+    admin = await startServer({
+      listen: opts.listen,
+      services: [adminService(agent, endpoint, logger, rpc, opts.tls ? adminAccessHooks() : undefined)],
+      logger,
+      initialHealth: 'NOT_SERVING',
+      metrics: rpc,
+      tls: opts.tls?.server,
+    });
     metrics = opts.metricsListen ? await serveMetrics(opts.metricsListen, registry, logger) : undefined;
   } catch (err) {
     await admin?.shutdown(0);
