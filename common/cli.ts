@@ -22,6 +22,7 @@ import { InvalidArgumentError as UsageError, Option, type Command } from 'comman
 import { DEFAULT_TIMEOUT_MS } from './client.js';
 import type { EnumCodec } from './enums.js';
 import { isDomainError } from './errors.js';
+import { parseSize } from './size.js';
 import type { Role } from './identity.js';
 import { isServiceError, statusDetails, statusOfKind } from './status.js';
 import { tlsFromFlags, type TlsFlags, type TlsMaterial } from './tls.js';
@@ -82,6 +83,17 @@ export function intArg(what: string, min: number, max: number): (text: string) =
       throw new UsageError(`${what} must be a whole number from ${min} to ${max}.`);
     }
     return n;
+  };
+}
+
+/** A size such as 10GiB (B, KiB, MiB, GiB, TiB), as a commander option parser. */
+export function sizeArg(what: string): (text: string) => number {
+  return (text) => {
+    try {
+      return parseSize(text, what);
+    } catch (err) {
+      throw new UsageError(err instanceof Error ? err.message : String(err));
+    }
   };
 }
 

@@ -10,6 +10,7 @@ import type {
 } from '@grpc/grpc-js';
 import { status as Code } from '@grpc/grpc-js';
 import { identityOfCertificate, type PeerIdentity } from './identity.js';
+import { isDomainError } from './errors.js';
 import type { Logger } from './logging.js';
 import type { RpcMetrics } from './metrics.js';
 import { toStatus } from './status.js';
@@ -170,7 +171,10 @@ export function implement<Def extends ServiceDefinition>(
         // With mTLS the certificate says who; without, only the address can.
         fields.who = opts.caller ? opts.caller(ctx) : (ctx.identity?.subject ?? ctx.peer);
       }
-      if (err !== undefined && code !== Code.INTERNAL) fields.error = err instanceof Error ? err.message : String(err);
+      if (err !== undefined && code !== Code.INTERNAL) {
+        fields.error = err instanceof Error ? err.message : String(err);
+        if (isDomainError(err)) fields.reason = err.reason;
+      }
       opts.logger.log(level, 'rpc', fields);
     };
     if (def.responseStream && !def.requestStream) {

@@ -5,7 +5,7 @@
  * the guest's plain types out, and every gRPC error turned into the domain error its status
  * stands for, with the host's message as it is.
  */
-import { Metadata, status as Code } from '@grpc/grpc-js';
+import { Metadata, status as Code, type ServiceError } from '@grpc/grpc-js';
 import { connect, type PromiseClient } from '../common/client.js';
 import {
   AbortedError,
@@ -101,6 +101,22 @@ function hostError(err: unknown, endpoint: string, method: string): Error {
     );
   }
   return errorOfStatus(err.code, message, reason ?? `HOST_${Code[err.code] ?? err.code}`, field);
+}
+
+/** Reasons a host gives when it sheds this VM's load for a moment, not for good. */
+const SHED = new Set(['RATE_LIMITED', 'TOO_MUCH_IO_IN_FLIGHT', 'TOO_MANY_OPERATIONS']);
+/** How long a call keeps being made again while the host sheds load. */
+const SHED_PATIENCE_MS = 30_000;
+
+/** The wait a load-shedding refusal asks for (its RetryInfo, a little jittered), or undefined for any other refusal. */
+function shedWait(err: ServiceError): number | undefined {
+  try {
+    const d = statusDetails(err);
+    if (!d.reason || !SHED.has(d.reason)) return undefined;
+    return Math.ceil((d.retryAfterMs ?? 100) * (1 + Math.random() / 4));
+  } catch {
+    return undefined;
+  }
 }
 
 const OS: Partial<Record<GuestOs, VmInfo['guestOs']>> = { [GuestOs.GUEST_OS_WINDOWS]: 'windows', [GuestOs.GUEST_OS_LINUX]: 'linux' };
@@ -201,11 +217,21 @@ export class GrpcHostLink implements HostLink, SimulatedHardware {
     return this.client;
   }
 
+  /**
+   * One call. A host shedding load (this VM over its request rate, or with too much in
+   * flight) says how long to wait; the call is made again after that, for a while: every
+   * call is a read or carries its request id, so doing it again is safe.
+   */
   private async call<T>(method: string, body: (c: PromiseClient<GuestServiceClient>) => Promise<T>): Promise<T> {
-    try {
-      return await body(this.guest);
-    } catch (err) {
-      throw hostError(err, this.endpoint, method);
+    const giveUpAt = Date.now() + SHED_PATIENCE_MS;
+    for (;;) {
+      try {
+        return await body(this.guest);
+      } catch (err) {
+        const waitMs = isServiceError(err) && err.code === Code.RESOURCE_EXHAUSTED ? shedWait(err) : undefined;
+        if (waitMs === undefined || Date.now() + waitMs > giveUpAt) throw hostError(err, this.endpoint, method);
+        await new Promise((r) => setTimeout(r, waitMs));
+      }
     }
   }
 
@@ -232,18 +258,27 @@ export class GrpcHostLink implements HostLink, SimulatedHardware {
 
   async *watchOperation(operationId: string): AsyncIterable<WatchUpdate> {
     // No deadline: an operation takes what it takes; the host ends the stream after its final state.
-    const stream = this.guest.raw.watchOperation({ operationId }, new Metadata(), {});
-    try {
-      for await (const m of stream as AsyncIterable<WatchOperationResponse>) {
-        yield {
-          events: m.events.map((e) => ({ step: e.step, kind: EVENT[e.kind] ?? 'started', timeMs: e.time?.getTime() ?? Date.now(), message: e.message })),
-          operation: toOperation(m.operation),
-        };
+    const giveUpAt = Date.now() + SHED_PATIENCE_MS;
+    for (;;) {
+      const stream = this.guest.raw.watchOperation({ operationId }, new Metadata(), {});
+      let heard = false;
+      try {
+        for await (const m of stream as AsyncIterable<WatchOperationResponse>) {
+          heard = true;
+          yield {
+            events: m.events.map((e) => ({ step: e.step, kind: EVENT[e.kind] ?? 'started', timeMs: e.time?.getTime() ?? Date.now(), message: e.message })),
+            operation: toOperation(m.operation),
+          };
+        }
+        return;
+      } catch (err) {
+        // A host shedding load refuses the watch before its first message: ask again after the wait.
+        const waitMs = !heard && isServiceError(err) && err.code === Code.RESOURCE_EXHAUSTED ? shedWait(err) : undefined;
+        if (waitMs === undefined || Date.now() + waitMs > giveUpAt) throw hostError(err, this.endpoint, 'WatchOperation');
+        await new Promise((r) => setTimeout(r, waitMs));
+      } finally {
+        stream.cancel();
       }
-    } catch (err) {
-      throw hostError(err, this.endpoint, 'WatchOperation');
-    } finally {
-      stream.cancel();
     }
   }
 

@@ -17,6 +17,7 @@ import {
 import { isInside, parseDrivePath, volumeOf, type DrivePath } from '../common/drive-path.js';
 import type { Logger } from '../common/logging.js';
 import type { PoolInfo, StorageArray } from './array.js';
+import { checkQuota, DEFAULT_GUEST_LIMITS, RequestRate, type GuestLimits } from './limits.js';
 import { checkScsiShape, checkVmId, checkVmName, DEFAULT_CONTROLLERS, DEFAULT_LOCATIONS, type ClusterFile } from './cluster-file.js';
 import { checkCanHotPlug, SimHypervisor, type Hypervisor } from './hypervisor.js';
 import { Failover } from './failover.js';
@@ -69,6 +70,8 @@ export interface AgentOptions {
   hook?: StepHook;
   /** Hears every step event of every operation, and each operation's end (metrics). */
   observe?: OperationListener;
+  /** What each VM may ask of the host (defaults: DEFAULT_GUEST_LIMITS). */
+  limits?: Partial<GuestLimits>;
 }
 
 export interface DiskView {
@@ -76,6 +79,12 @@ export interface DiskView {
   address: { controller: number; location: number };
 }
 
+
+/** The record with this quota, or none (the store keeps no empty field). */
+function withQuota<V extends { quota?: VmRecord['quota'] }>(vm: V, quota: VmRecord['quota']): V {
+  const { quota: _old, ...rest } = vm;
+  return (quota ? { ...rest, quota } : rest) as V;
+}
 
 function checkRequestId(id: string): string {
   if (id === '') throw new InvalidArgumentError('request_id', 'request_id is required: any unique string (at most 128 printable ASCII characters) that a retry repeats');
@@ -106,9 +115,14 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
   private readonly env: Env;
   /** False until the journal is recovered: mutations wait. */
   serving = false;
+  readonly limits: GuestLimits;
+  /** Each VM's request rate on its endpoint. */
+  readonly requestRate: RequestRate;
 
   constructor(opts: AgentOptions) {
     super();
+    this.limits = { ...DEFAULT_GUEST_LIMITS, ...opts.limits };
+    this.requestRate = new RequestRate(this.limits);
     this.state = opts.state;
     this.array = opts.array;
     this.logger = opts.logger;
@@ -158,17 +172,28 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
       if (!this.state.groups.has(CLUSTER_GROUP)) this.state.groups.put({ name: CLUSTER_GROUP, kind: 'cluster', owner: file.availableStorageOwner });
       if (!this.state.groups.has(AVAILABLE_STORAGE)) this.state.groups.put({ name: AVAILABLE_STORAGE, kind: 'available', owner: file.availableStorageOwner });
       for (const v of file.vms) {
-        if (this.state.vms.has(v.id)) continue;
-        this.putNewVm({
-          id: v.id,
-          name: v.name,
-          guestOs: v.guestOs,
-          running: v.running,
-          ha: v.ha,
-          node: v.node,
-          controllers: v.scsiControllers,
-          locationsPerController: v.locationsPerController,
-        });
+        // A VM's quota follows the file at every start: an operator changes it there.
+        const quota = v.maxDisks === undefined && v.maxBytes === undefined ? undefined : { ...(v.maxDisks !== undefined ? { disks: v.maxDisks } : {}), ...(v.maxBytes !== undefined ? { bytes: v.maxBytes } : {}) };
+        const have = this.state.vms.get(v.id);
+        if (have) {
+          if (JSON.stringify(have.quota) !== JSON.stringify(quota)) this.state.vms.put(withQuota(have, quota));
+          continue;
+        }
+        this.putNewVm(
+          withQuota<Omit<VmRecord, 'group' | 'configuredDisks'>>(
+            {
+              id: v.id,
+              name: v.name,
+              guestOs: v.guestOs,
+              running: v.running,
+              ha: v.ha,
+              node: v.node,
+              controllers: v.scsiControllers,
+              locationsPerController: v.locationsPerController,
+            },
+            quota,
+          ),
+        );
       }
     });
   }
@@ -338,6 +363,7 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     /** Model checks repeated in the same tick as the recording, so concurrent calls cannot both pass. */
     final?: () => void,
   ): Promise<OperationRecord> {
+    if (op.vmId !== '') this.checkOperationsInFlight(op.vmId);
     const validate = this.workflows[op.kind].steps[0]!;
     const ctx: StepContext<Env> = {
       env: this.env,
@@ -367,6 +393,19 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     this.logger.info('operation started', { opId: op.id, kind: op.kind, vmId: op.vmId, mount: op.mountPath, requestId: op.requestId });
     this.engine.start(recorded);
     return this.state.operations.get(op.id)!;
+  }
+
+  /** A VM may have so many operations running at once; a retry is answered before this. */
+  private checkOperationsInFlight(vmId: string): void {
+    let n = 0;
+    for (const o of this.openOperations()) if (o.vmId === vmId) n++;
+    if (n >= this.limits.operationsInFlight) {
+      throw new ResourceExhaustedError(
+        `VM ${vmId} has ${n} operations running, its limit: wait for one to end (WatchOperation), then retry`,
+        'TOO_MANY_OPERATIONS',
+        1000,
+      );
+    }
   }
 
   /** What step 0 of create and connect checks in the model, synchronously. */
@@ -404,7 +443,20 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
       );
     }
     let pending = 0;
-    for (const o of this.openOperations()) if (o.id !== op.id && o.vmId === vm.id && (o.kind === 'create_disk' || o.kind === 'connect_disk') && !o.data.address) pending++;
+    let pendingBytes = 0;
+    for (const o of this.openOperations()) {
+      if (o.id === op.id || o.vmId !== vm.id || (o.kind !== 'create_disk' && o.kind !== 'connect_disk') || o.data.address) continue;
+      pending++;
+      pendingBytes += this.bytesOf(o);
+    }
+    const attached = this.state.attachmentsOf(vm.id);
+    const attachedBytes = attached.reduce((sum, a) => sum + (this.state.resources.get(a.serial)?.lun.sizeBytes ?? 0), 0);
+    checkQuota(
+      vm.id,
+      { disks: vm.quota?.disks ?? this.limits.maxDisks, bytes: vm.quota?.bytes ?? this.limits.maxBytes },
+      { disks: attached.length + pending, bytes: attachedBytes + pendingBytes },
+      this.bytesOf(op),
+    );
     const capacity = vm.controllers * vm.locationsPerController;
     if (this.state.attachmentsOf(vm.id).length + pending >= capacity) {
       throw new ResourceExhaustedError(
@@ -412,6 +464,11 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
         'NO_FREE_SCSI_LOCATION',
       );
     }
+  }
+
+  /** The size of the disk a create or connect brings. */
+  private bytesOf(op: OperationRecord): number {
+    return op.params.sizeBytes ?? op.data.lun?.sizeBytes ?? 0;
   }
 
   private poolsAsked: Promise<PoolInfo[]> | undefined;

@@ -8,6 +8,7 @@ import { createHash } from 'node:crypto';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError } from '../common/errors.js';
 import type { HostAgent } from './agent.js';
 import type { DataPlane } from './array.js';
+import { InFlight } from './limits.js';
 import type { ResourceRecord, VmRecord } from './model.js';
 
 const SECTOR = 512;
@@ -20,11 +21,25 @@ export interface DiskAddress {
 }
 
 export class BlockIo {
+  /** Each VM's calls in flight: a VM that floods its disk waits its turn, others do not. */
+  private readonly inFlight: InFlight;
+
   constructor(
     private readonly agent: HostAgent,
     /** The data plane of a node (its initiator, its connection). */
     private readonly dataPlane: (node: string) => DataPlane | undefined,
-  ) {}
+  ) {
+    this.inFlight = new InFlight('block I/O calls', 'TOO_MUCH_IO_IN_FLIGHT', () => agent.limits.ioInFlight, 5);
+  }
+
+  private async bounded<R>(vmId: string, io: () => Promise<R>): Promise<R> {
+    this.inFlight.enter(vmId);
+    try {
+      return await io();
+    } finally {
+      this.inFlight.leave(vmId);
+    }
+  }
 
   /** The disk at the address of this VM, ready for I/O, with the node to carry it. */
   private target(vmId: string, address: DiskAddress | undefined): { vm: VmRecord; disk: ResourceRecord; plane: DataPlane } {
@@ -63,7 +78,7 @@ export class BlockIo {
   async read(vmId: string, req: { address: DiskAddress | undefined; offsetBytes: bigint; lengthBytes: number }): Promise<Buffer> {
     const { disk, plane } = this.target(vmId, req.address);
     this.checkRange(disk, req.offsetBytes, req.lengthBytes, 'length_bytes');
-    return plane.read(disk.lun.uuid, req.offsetBytes, req.lengthBytes);
+    return this.bounded(vmId, () => plane.read(disk.lun.uuid, req.offsetBytes, req.lengthBytes));
   }
 
   async write(vmId: string, req: { requestId: string; address: DiskAddress | undefined; offsetBytes: bigint; data: Buffer }): Promise<number> {
@@ -75,7 +90,7 @@ export class BlockIo {
     // Request ids are the VM's own: scoped so two VMs' ids never meet on the array.
     const id = req.requestId === '' ? '' : `vm:${vmId}:${createHash('sha256').update(req.requestId).digest('base64url').slice(0, 32)}`;
     try {
-      return await plane.write(id, disk.lun.uuid, req.offsetBytes, req.data);
+      return await this.bounded(vmId, () => plane.write(id, disk.lun.uuid, req.offsetBytes, req.data));
     } catch (err) {
       throw this.fencedByMove(err, vmId, vm.node);
     }

@@ -1,5 +1,6 @@
 /** host-agent: `serve` runs the host side of passthru for a whole cluster (the embedded default). */
-import { runProgram } from '../common/cli.js';
+import { intArg, runProgram, sizeArg } from '../common/cli.js';
+import { DEFAULT_GUEST_LIMITS } from './limits.js';
 import { Command, Option } from 'commander';
 import { addAdminCommands } from './admin-cli.js';
 import type { HostAgentTlsFlags } from './tls.js';
@@ -18,6 +19,12 @@ export function buildProgram(): Command {
     .requiredOption('--cluster <file>', 'the cluster file (JSON: nodes, VMs, owner of Available Storage)')
     .option('--socket-dir <dir>', "where the VMs' GuestService sockets go (default <data-dir>/sock)")
     .option('--metrics-listen <addr>', 'host:port to serve Prometheus metrics on, at /metrics (off unless given)')
+    .option('--guest-rate <n>', `requests a second each VM's endpoint takes, block I/O aside (default ${DEFAULT_GUEST_LIMITS.ratePerSecond})`, intArg('--guest-rate', 1, 1_000_000))
+    .option('--guest-burst <n>', `requests a VM may make at once after being quiet (default ${DEFAULT_GUEST_LIMITS.burst})`, intArg('--guest-burst', 1, 1_000_000))
+    .option('--guest-operations <n>', `operations a VM may have running at once (default ${DEFAULT_GUEST_LIMITS.operationsInFlight})`, intArg('--guest-operations', 1, 100_000))
+    .option('--guest-io <n>', `block I/O calls a VM may have in flight at once (default ${DEFAULT_GUEST_LIMITS.ioInFlight})`, intArg('--guest-io', 1, 100_000))
+    .option('--vm-max-disks <n>', "disks a VM may have unless the cluster file gives it its own maxDisks (default: its SCSI locations)", intArg('--vm-max-disks', 0, 1_000_000))
+    .option('--vm-max-bytes <size>', 'bytes of disks a VM may have unless the cluster file gives it its own maxBytes, e.g. 10TiB (default: no limit)', sizeArg('--vm-max-bytes'))
     .option('--tls-dir <dir>', 'mTLS from a passthru pki init directory: host-agent.crt for AdminService (admins only), nodes/<node>.crt toward the array, ca.crt')
     .option('--tls-cert <file>', "mTLS: AdminService's certificate (PEM), with --tls-key, --tls-ca and --tls-node-dir")
     .option('--tls-key <file>', "mTLS: AdminService's private key (PEM)")
@@ -35,6 +42,12 @@ export function buildProgram(): Command {
         cluster: string;
         socketDir?: string;
         metricsListen?: string;
+        guestRate?: number;
+        guestBurst?: number;
+        guestOperations?: number;
+        guestIo?: number;
+        vmMaxDisks?: number;
+        vmMaxBytes?: number;
         arrayAttempts?: number;
         arrayTimeoutMs?: number;
         crashAt?: string;
@@ -58,6 +71,14 @@ export function buildProgram(): Command {
           cluster: readClusterFile(o.cluster),
           socketDir: o.socketDir,
           metricsListen: o.metricsListen,
+          limits: {
+            ...(o.guestRate !== undefined ? { ratePerSecond: o.guestRate } : {}),
+            ...(o.guestBurst !== undefined ? { burst: o.guestBurst } : {}),
+            ...(o.guestOperations !== undefined ? { operationsInFlight: o.guestOperations } : {}),
+            ...(o.guestIo !== undefined ? { ioInFlight: o.guestIo } : {}),
+            ...(o.vmMaxDisks !== undefined ? { maxDisks: o.vmMaxDisks } : {}),
+            ...(o.vmMaxBytes !== undefined ? { maxBytes: o.vmMaxBytes } : {}),
+          },
           logger,
           retry,
           crashAt: o.crashAt,

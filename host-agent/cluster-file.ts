@@ -6,6 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { InvalidArgumentError } from '../common/errors.js';
+import { parseSize } from '../common/size.js';
 import type { GuestOsName } from './model.js';
 
 export interface ClusterFileNode {
@@ -24,6 +25,9 @@ export interface ClusterFileVm {
   running: boolean;
   scsiControllers: number;
   locationsPerController: number;
+  /** Its own quota, where the host's defaults do not fit it. */
+  maxDisks?: number;
+  maxBytes?: number;
 }
 
 export interface ClusterFile {
@@ -154,9 +158,21 @@ export function parseClusterFile(text: string, source = 'cluster file'): Cluster
       locationsPerController: int(`${f}.locationsPerController`, o.locationsPerController, DEFAULT_LOCATIONS),
     };
     checkScsiShape({ controllers: `${f}.scsiControllers`, locations: `${f}.locationsPerController` }, vm.scsiControllers, vm.locationsPerController);
+    if (o.maxDisks !== undefined) {
+      vm.maxDisks = int(`${f}.maxDisks`, o.maxDisks, 0);
+      if (vm.maxDisks < 0) throw new InvalidArgumentError(`${f}.maxDisks`, `${source}: ${f}.maxDisks must be 0 or more`);
+    }
+    if (o.maxBytes !== undefined) vm.maxBytes = sizeOf(`${f}.maxBytes`, o.maxBytes);
     return vm;
   });
   return { name, volume, availableStorageOwner: owner, nodes, vms };
+}
+
+/** A size in bytes: a whole number, or text such as "100GiB". */
+function sizeOf(field: string, v: unknown): number {
+  if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) return v;
+  if (typeof v === 'string') return parseSize(v, field);
+  throw new InvalidArgumentError(field, `${field} must be a size: a whole number of bytes or text such as "100GiB"`);
 }
 
 export function readClusterFile(path: string): ClusterFile {

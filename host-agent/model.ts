@@ -36,6 +36,8 @@ export interface VmRecord {
   configuredDisks: string[];
   /** A non-HA VM whose node failed: its disks come back with the node, and it runs again if it ran before. */
   downWithNode?: { wasRunning: boolean };
+  /** Its own quota of disks and bytes, where the host's defaults do not fit it. */
+  quota?: { disks?: number; bytes?: number };
 }
 
 export interface GroupRecord {

@@ -19,6 +19,7 @@ import { BlockIo } from './block-io.js';
 import type { ClusterFile } from './cluster-file.js';
 import type { VmRecord } from './model.js';
 import { adminService, guestService } from './service.js';
+import type { GuestLimits } from './limits.js';
 import { hostMetrics } from './metrics.js';
 import { adminAccessHooks, nodeIdentities, type HostAgentTls } from './tls.js';
 import { HostState } from './state.js';
@@ -40,6 +41,8 @@ export interface ServeHostAgentOptions {
   metricsListen?: string;
   /** How often the array is asked whether it answers, for the health of the storage dependency (default 2 s). */
   storageProbeMs?: number;
+  /** What each VM may ask of the host (rates, in flight, quotas). */
+  limits?: Partial<GuestLimits>;
   logger: Logger;
   retry?: Partial<RetryPolicy>;
   backoff?: BackoffPolicy;
@@ -117,6 +120,7 @@ export async function serveHostAgent(opts: ServeHostAgentOptions): Promise<Servi
     backoff: opts.backoff,
     hook: opts.crashAt ? crashHook(opts.crashAt, logger) : undefined,
     observe: counted.observe,
+    limits: opts.limits,
   });
   inFlight = () => agent.engine.inFlight;
   // One data path per node: a block portal session as that node's initiator.

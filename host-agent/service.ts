@@ -270,6 +270,7 @@ function logged(value: string): string {
   return value.length > 256 ? `${value.slice(0, 256)}…` : value;
 }
 
+const BLOCK_IO = new Set(['ReadDisk', 'WriteDisk']);
 const GUEST_QUIET = new Set(['GetSelf', 'GetOperation', 'WatchOperation', 'ListDisks', 'RescanBus', 'ReadDisk', 'WriteDisk']);
 const ADMIN_QUIET = new Set(['GetCluster', 'ListNodes', 'ListGroups', 'ListVms', 'ListOperations', 'GetOperation', 'WatchOperation', 'CheckInvariants', 'ListDisks']);
 
@@ -330,7 +331,14 @@ export function guestService(agent: HostAgent, vmId: string, endpoint: (id: stri
         writeDisk: async (req) => ({ writtenBytes: await blockIo(agent).write(vmId, { ...req, data: asBuffer(req.data) }) }),
       },
       // The endpoint is the VM's own: it, not any request field, says who calls.
-      { logger: logger.child({ vmId }), quietMethods: GUEST_QUIET, caller: () => `vm:${vmId}`, metrics },
+      {
+        logger: logger.child({ vmId }),
+        quietMethods: GUEST_QUIET,
+        caller: () => `vm:${vmId}`,
+        metrics,
+        // Block I/O is bounded by the calls a VM has in flight, not by a rate.
+        hooks: { before: (ctx) => (BLOCK_IO.has(ctx.method) ? undefined : agent.requestRate.admit(vmId, ctx.method)) },
+      },
     ),
   };
 }

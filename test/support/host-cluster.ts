@@ -19,6 +19,7 @@ import {
 } from '../../proto/gen/passthru/host/v1/host.js';
 import { FaultInjectionServiceClient, StorageArrayServiceClient } from '../../proto/gen/passthru/storage/v1/storage.js';
 import { serveArray, type ServingArray } from '../../storage-sim/serve.js';
+import type { GuestLimits } from '../../host-agent/limits.js';
 import { tempDir } from './processes.js';
 
 /** 3 nodes (node1 owns Available Storage); vm1 Windows HA on node1, vm2 Linux HA on node2, vm3 Windows non-HA on node2, vm4 Linux non-HA on node3 with 1 x 2 SCSI locations. */
@@ -62,7 +63,7 @@ export interface TestCluster {
 }
 
 export async function startCluster(
-  opts: { cluster?: object; logger?: Logger; retry?: Partial<RetryPolicy>; backoff?: BackoffPolicy; pools?: { name: string; capacityBytes: number }[]; storageProbeMs?: number } = {},
+  opts: { cluster?: object; logger?: Logger; retry?: Partial<RetryPolicy>; backoff?: BackoffPolicy; pools?: { name: string; capacityBytes: number }[]; storageProbeMs?: number; limits?: Partial<GuestLimits> } = {},
 ): Promise<TestCluster> {
   const dir = tempDir('passthru-host-');
   const logger = opts.logger ?? silentLogger();
@@ -78,6 +79,7 @@ export async function startCluster(
       retry: opts.retry ?? FAST_RETRY,
       backoff: opts.backoff ?? FAST_BACKOFF,
       storageProbeMs: opts.storageProbeMs,
+      limits: opts.limits,
     });
     await host.ready;
     return host;

@@ -106,7 +106,21 @@ describe('host-agent cluster file', () => {
     { name: 'scsiControllers 0', text: full((f) => (f.vms[0].scsiControllers = 0)), field: 'vms[0].scsiControllers' },
     { name: 'locationsPerController not a number', text: full((f) => (f.vms[0].locationsPerController = '8')), field: 'vms[0].locationsPerController' },
     { name: 'locationsPerController above 64', text: full((f) => (f.vms[0].locationsPerController = 65)), field: 'vms[0].locationsPerController' },
+    { name: 'a negative maxDisks', text: full((f) => (f.vms[0].maxDisks = -1)), field: 'vms[0].maxDisks' },
+    { name: 'maxDisks not a whole number', text: full((f) => (f.vms[0].maxDisks = 2.5)), field: 'vms[0].maxDisks' },
+    { name: 'a maxBytes that is no size', text: full((f) => (f.vms[0].maxBytes = '10 parsecs')), field: 'vms[0].maxBytes' },
+    { name: 'a negative maxBytes', text: full((f) => (f.vms[0].maxBytes = -5)), field: 'vms[0].maxBytes' },
   ];
+  it('reads a VM\'s own quota: maxDisks as a count, maxBytes as bytes or a size with its unit', () => {
+    const file = parseClusterFile(full((f) => {
+      f.vms[0].maxDisks = 3;
+      f.vms[0].maxBytes = '1GiB';
+      f.vms[1].maxBytes = 4194304;
+    }));
+    expect(file.vms[0]).to.include({ maxDisks: 3, maxBytes: 1024 ** 3 });
+    expect(file.vms[1]).to.include({ maxBytes: 4194304 });
+    expect(file.vms[1].maxDisks).to.equal(undefined);
+  });
   for (const c of invalid) {
     it(`refuses ${c.name}, naming ${c.field}`, () => {
       const err = errorOf(() => parseClusterFile(c.text));
