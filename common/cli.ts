@@ -25,7 +25,7 @@ import { isDomainError } from './errors.js';
 import { parseSize } from './size.js';
 import type { Role } from './identity.js';
 import { isServiceError, statusDetails, statusOfKind } from './status.js';
-import { tlsFromFlags, type TlsFlags, type TlsMaterial } from './tls.js';
+import type { TlsFlags } from './tls.js';
 
 /** gRPC status → process exit code. A status not listed exits 1. */
 export const EXIT_CODES: ReadonlyMap<Code, number> = new Map([
@@ -127,11 +127,6 @@ export function connOptions(cli: CliIdentity, cmd: Command, mutating = false): C
     .addOption(new Option('--tls-dir <dir>', 'mTLS from a passthru pki init directory: its admin.crt, admin.key and ca.crt').env('PASSTHRU_TLS_DIR'));
   if (mutating) cmd.option('--request-id <id>', 'idempotency key (default: a fresh random id)');
   return cmd.addHelpText('after', cli.shortExitHelp);
-}
-
-/** How a command's clients connect: its deadline, and mTLS when asked for (plaintext otherwise). */
-export function clientSettings(cli: CliIdentity, o: ConnOpts): { timeoutMs: number; tls?: TlsMaterial; serverRole?: Role } {
-  return { timeoutMs: o.timeout, tls: tlsFromFlags(o, 'admin'), serverRole: cli.serverRole };
 }
 
 /** The command's --request-id, or a fresh random one. */

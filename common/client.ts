@@ -1,7 +1,6 @@
-import { Metadata, type CallOptions, type ChannelCredentials, type Client, type ClientUnaryCall, type ServiceError } from '@grpc/grpc-js';
-import type { Role } from './identity.js';
+import { credentials, Metadata, type CallOptions, type ChannelCredentials, type Client, type ClientUnaryCall, type ServiceError } from '@grpc/grpc-js';
 import { MAX_MESSAGE_BYTES, RECEIVE_WINDOW_BYTES } from './limits.js';
-import { grpcClientTls, type TlsMaterial } from './tls.js';
+import type { GrpcClientTls } from './tls.js';
 
 export interface CallOpts {
   /** Deadline from now; every outbound call has one. */
@@ -26,17 +25,16 @@ export type PromiseClient<C> = {
 export const DEFAULT_TIMEOUT_MS = 30_000;
 
 /**
- * Accepts host:port, dns:…, unix:… (gRPC target syntax). With `tls`, mTLS with that client
- * certificate, and the server's must name the host dialled and carry `serverRole` (when given).
+ * Accepts host:port, dns:…, unix:… (gRPC target syntax). Plaintext, or mTLS with `tls`
+ * (common/tls.ts `grpcClientTls`: made there so that a client without TLS never loads it).
  */
 export function connect<C extends Client>(
   Ctor: new (address: string, creds: ChannelCredentials, options?: object) => C,
   endpoint: string,
-  defaults: { timeoutMs?: number; channelKey?: string; tls?: TlsMaterial; serverRole?: Role } = {},
+  defaults: { timeoutMs?: number; channelKey?: string; tls?: GrpcClientTls } = {},
 ): PromiseClient<C> {
-  const tls = grpcClientTls(defaults.tls, endpoint, defaults.serverRole);
-  const client = new Ctor(endpoint, tls.credentials, {
-    ...tls.options,
+  const client = new Ctor(endpoint, defaults.tls?.credentials ?? credentials.createInsecure(), {
+    ...defaults.tls?.options,
     // Clients with different keys get separate connections (grpc-js pools equal option sets).
     ...(defaults.channelKey ? { 'passthru.channel': defaults.channelKey } : {}),
     'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,

@@ -116,6 +116,12 @@ export function serverIdentityCheck(expect: Role | undefined, dialled?: string):
   return check;
 }
 
+/** What a grpc-js client needs for mTLS (common/client.ts `connect`). */
+export interface GrpcClientTls {
+  credentials: ChannelCredentials;
+  options: Record<string, string>;
+}
+
 /** The host of a gRPC target: host:port, [v6]:port, dns:host:port, ipv4:/ipv6:host:port. */
 function hostOf(endpoint: string): string {
   const bare = endpoint.replace(/^(dns:(\/\/[^/]*\/)?|ipv4:|ipv6:)/, '');
@@ -131,7 +137,7 @@ const SNI_FOR_IP = 'passthru.invalid';
  * A grpc-js client's credentials and channel options for `endpoint`: plaintext without TLS;
  * with it, this client certificate, and the server's checked against the host dialled and `expect`.
  */
-export function grpcClientTls(tls: TlsMaterial | undefined, endpoint: string, expect?: Role): { credentials: ChannelCredentials; options: Record<string, string> } {
+export function grpcClientTls(tls: TlsMaterial | undefined, endpoint: string, expect?: Role): GrpcClientTls {
   if (!tls) return { credentials: credentials.createInsecure(), options: {} };
   const host = hostOf(endpoint);
   const ip = isIP(host) !== 0;
@@ -185,4 +191,14 @@ export function tlsFromFlags(o: TlsFlags, pkiName: string, role?: Role): TlsMate
     throw new InvalidArgumentError('tls-cert', `${tls.certPath} is a certificate of role ${id.role ?? 'none'}, not ${role}: give the ${role}'s (${pkiName}.crt of passthru pki init)`);
   }
   return tls;
+}
+
+/**
+ * How an admin CLI's clients connect: the command's deadline, and mTLS with its certificate
+ * (--tls-dir means the directory's admin.crt) when asked for, plaintext otherwise. Here, not
+ * in common/cli.ts, so a CLI that never speaks TLS (guest-agent) does not load node:tls.
+ */
+export function cliConnection(o: TlsFlags & { endpoint: string; timeout: number }, serverRole?: Role): { timeoutMs: number; tls?: GrpcClientTls } {
+  const tls = tlsFromFlags(o, 'admin');
+  return { timeoutMs: o.timeout, tls: tls ? grpcClientTls(tls, o.endpoint, serverRole) : undefined };
 }

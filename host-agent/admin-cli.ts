@@ -33,7 +33,6 @@
 import { Metadata } from '@grpc/grpc-js';
 import { Command, InvalidArgumentError as UsageError, Option } from 'commander';
 import {
-  clientSettings,
   connOptions,
   dash,
   EXIT_CODES,
@@ -51,6 +50,7 @@ import {
   type Output,
 } from '../common/cli.js';
 import { connect, DEFAULT_TIMEOUT_MS, type PromiseClient } from '../common/client.js';
+import { cliConnection } from '../common/tls.js';
 import { formatSize } from '../common/size.js';
 import {
   AdminServiceClient,
@@ -184,7 +184,7 @@ class Session {
   constructor(readonly opts: ConnOpts) {}
 
   get admin(): AdminClient {
-    this.client ??= connect(AdminServiceClient, this.opts.endpoint, clientSettings(CLI, this.opts));
+    this.client ??= connect(AdminServiceClient, this.opts.endpoint, cliConnection(this.opts, CLI.serverRole));
     return this.client;
   }
 

@@ -39,7 +39,6 @@ import { Command, InvalidArgumentError as UsageError, Option } from 'commander';
 import {
   allPages,
   collect,
-  clientSettings,
   connOptions,
   dash,
   formatFields,
@@ -57,6 +56,7 @@ import {
   type Output,
 } from '../common/cli.js';
 import { connect, DEFAULT_TIMEOUT_MS, type PromiseClient } from '../common/client.js';
+import { cliConnection } from '../common/tls.js';
 import type { EnumCodec } from '../common/enums.js';
 import { formatSize, parseSize } from '../common/size.js';
 import {
@@ -155,12 +155,12 @@ class Session {
   constructor(readonly opts: ConnOpts) {}
 
   get array(): ArrayClient {
-    this.arrayClient ??= connect(StorageArrayServiceClient, this.opts.endpoint, clientSettings(CLI, this.opts));
+    this.arrayClient ??= connect(StorageArrayServiceClient, this.opts.endpoint, cliConnection(this.opts, CLI.serverRole));
     return this.arrayClient;
   }
 
   get faults(): FaultClient {
-    this.faultClient ??= connect(FaultInjectionServiceClient, this.opts.endpoint, clientSettings(CLI, this.opts));
+    this.faultClient ??= connect(FaultInjectionServiceClient, this.opts.endpoint, cliConnection(this.opts, CLI.serverRole));
     return this.faultClient;
   }
 

@@ -113,8 +113,8 @@ describe('mTLS end to end (real processes)', function () {
     procs.push(sim);
     agent = await startHostAgent({ storage: sim.address, dataDir: join(dir.path, 'host'), cluster: clusterFile, extra: ['--tls-dir', pki] });
     procs.push(agent);
-    const admin = connect(AdminServiceClient, agent.address, { tls: tls('admin'), serverRole: 'host-agent' });
-    const storage = connect(StorageArrayServiceClient, sim.address, { tls: tls('admin'), serverRole: 'array' });
+    const admin = connect(AdminServiceClient, agent.address, { tls: grpcClientTls(tls('admin'), agent.address, 'host-agent') });
+    const storage = connect(StorageArrayServiceClient, sim.address, { tls: grpcClientTls(tls('admin'), sim.address, 'array') });
     closers.push(admin, storage);
     const vm1 = (await admin.listVms({ node: '' })).vms.find((v) => v.id === 'vm1')!;
     expect(vm1.node).to.equal(n1!.name);
@@ -143,7 +143,7 @@ describe('mTLS end to end (real processes)', function () {
     expect((await storage.readReservation({ lun: serial })).holderInitiator, 'fenced over to the new owner').to.equal(owner.initiator);
 
     // node1, with its own certificate, is refused by the reservation: gRPC and portal alike.
-    const asNode1 = connect(StorageArrayServiceClient, sim.address, { tls: tls(`nodes/${n1!.name}`), serverRole: 'array' });
+    const asNode1 = connect(StorageArrayServiceClient, sim.address, { tls: grpcClientTls(tls(`nodes/${n1!.name}`), sim.address, 'array') });
     closers.push(asNode1);
     await expectStatus(asNode1.writeBlocks({ requestId: 'late', lun: serial, initiator: '', offsetBytes: 0n, data: Buffer.alloc(512, 1) }), Code.FAILED_PRECONDITION, /reservation conflict/);
     // ... and cannot slip out of the fence by naming the new owner's initiator.
@@ -172,7 +172,7 @@ describe('mTLS end to end (real processes)', function () {
       [sim.address, 'array', 'passthru.storage.v1.StorageArrayService'],
       [agent.address, 'host-agent', 'passthru.host.v1.AdminService'],
     ] as const) {
-      const health = connect(HealthClient, address, { tls: tls('admin'), serverRole: role });
+      const health = connect(HealthClient, address, { tls: grpcClientTls(tls('admin'), address, role) });
       closers.push(health);
       expect((await health.check({ service })).status, address).to.equal(Serving.SERVING);
       for (const version of ['v1', 'v1alpha'] as const) {

@@ -61,12 +61,12 @@ describe('storage-sim with mTLS', function () {
   const closers: { close(): void }[] = [];
 
   const storageAs = (tls: TlsMaterial | undefined, serverRole: Role | undefined = 'array'): Storage => {
-    const c = connect(StorageArrayServiceClient, sim.running.address, { timeoutMs: 5000, tls, serverRole });
+    const c = connect(StorageArrayServiceClient, sim.running.address, { timeoutMs: 5000, tls: tls && grpcClientTls(tls, sim.running.address, serverRole) });
     closers.push(c);
     return c;
   };
   const faultsAs = (tls: TlsMaterial): Faults => {
-    const c = connect(FaultInjectionServiceClient, sim.running.address, { timeoutMs: 5000, tls, serverRole: 'array' });
+    const c = connect(FaultInjectionServiceClient, sim.running.address, { timeoutMs: 5000, tls: grpcClientTls(tls, sim.running.address, 'array') });
     closers.push(c);
     return c;
   };
@@ -156,7 +156,7 @@ describe('storage-sim with mTLS', function () {
 
     it('serves health and reflection (v1 and v1alpha, described strictly) to a client with a certificate', async () => {
       const tls = pki.tls('nodes/node2');
-      const health = connect(HealthClient, sim.running.address, { timeoutMs: 5000, tls, serverRole: 'array' });
+      const health = connect(HealthClient, sim.running.address, { timeoutMs: 5000, tls: grpcClientTls(tls, sim.running.address, 'array') });
       closers.push(health);
       expect((await health.check({ service: '' })).status).to.equal(Serving.SERVING);
       expect((await health.check({ service: 'passthru.storage.v1.StorageArrayService' })).status).to.equal(Serving.SERVING);
