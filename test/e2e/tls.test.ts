@@ -184,6 +184,16 @@ describe('mTLS end to end (real processes)', function () {
     }
   });
 
+  it('AdminService refuses a plaintext client and a certificate from another CA', async () => {
+    const plain = connect(AdminServiceClient, agent.address, { timeoutMs: 5000 });
+    // Another CA's admin certificate, presented by a client that trusts this CA's servers.
+    const foreign = { ...loadTls(pkiFiles(join(dir.path, 'pki-other'), 'admin')), ca: tls('admin').ca };
+    const other = connect(AdminServiceClient, agent.address, { timeoutMs: 5000, tls: grpcClientTls(foreign, agent.address, 'host-agent') });
+    closers.push(plain, other);
+    await expectStatus(plain.getCluster({}), Code.UNAVAILABLE);
+    await expectStatus(other.getCluster({}), Code.UNAVAILABLE);
+  });
+
   it('the admin CLIs: the admin certificate by flags or environment; none, or a node\'s, refused', async () => {
     const hostEnv = { PASSTHRU_HOST_ENDPOINT: agent.address };
     const ok = await run(HOST_AGENT_BIN, ['cluster', '--json', '--tls-dir', pki], hostEnv);
