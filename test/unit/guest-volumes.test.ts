@@ -294,6 +294,23 @@ describe('guest volume manager (guest-agent/volumes.ts)', () => {
       const err = await rejects(w.agent().connect({ mount: 'F:', lun: 'PTSMlinux0001' }));
       expect(err).to.include({ reason: 'VOLUME_OF_OTHER_OS' });
     });
+
+    it('while a connect of /srv is unfinished, no mount is made inside /srv (finishing it would hide it), and giving it up works (found by the chaos run)', async () => {
+      const w = world({ guestOs: 'linux', ha: false });
+      const { d } = usedDisk('PTSMwindows01', 'windows');
+      w.host.available.set('PTSMwindows01', d);
+      expect(await rejects(w.agent().connect({ mount: '/srv', lun: 'PTSMwindows01' }))).to.include({ reason: 'VOLUME_OF_OTHER_OS' });
+      for (const inside of ['/srv/d1', '/srv/d1/nested']) {
+        const err = await rejects(w.agent().create({ mount: inside, sizeBytes: 64 * MiB }));
+        expect(err, inside).to.be.instanceOf(FailedPreconditionError).and.include({ reason: 'MOUNT_POINT_PENDING' });
+        expect(err.message).to.include('inside /srv, whose `disk connect` has not finished');
+      }
+      await w.agent().create({ mount: '/data', sizeBytes: 64 * MiB });
+      const r = await w.agent().remove({ mount: '/srv', deleteLun: false });
+      expect(r.detached?.serial).to.equal('PTSMwindows01');
+      expect(w.table().pending).to.deep.equal([]);
+      await w.agent().create({ mount: '/srv/d1', sizeBytes: 64 * MiB });
+    });
   });
 
   describe('remove', () => {
