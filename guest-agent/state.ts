@@ -102,6 +102,8 @@ export interface RemoveRequest extends PendingBase {
   phase: 'requested' | 'unmounted' | 'running';
   deleteLun: boolean;
   unmounted?: MountRecord;
+  /** An unfinished create or connect of the mount this removal took the place of: put back if the host refuses the removal. */
+  supersedes?: AttachRequest;
 }
 
 export type PendingRequest = AttachRequest | RemoveRequest;

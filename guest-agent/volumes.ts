@@ -207,6 +207,9 @@ const PHASE_WORDS: Record<PendingRequest['phase'], string> = {
   unmounted: 'unmounted, the host not asked to detach yet',
 };
 
+/** An unfinished create or connect a removal takes the place of, in words. */
+const supersededWords = (p: AttachRequest): string => `the unfinished \`disk ${p.kind}\` of ${p.mountPath} (request ${p.requestId}: ${PHASE_WORDS[p.phase]})`;
+
 function pendingConflict(p: PendingRequest): FailedPreconditionError {
   const giveUp = p.kind === 'remove' ? '' : `, or \`guest-agent disk remove --mount ${shellWord(p.mountPath)}\` to give it up`;
   return new FailedPreconditionError(
@@ -648,6 +651,8 @@ export class GuestAgent {
     const release = await this.state.lockMount(mount);
     try {
       let superseded: string | null = null;
+      /** The unfinished create or connect this removal takes the place of, its operation followed to its end. */
+      let settled: AttachRequest | undefined;
       for (;;) {
         const start = await this.change(self, (t): { unfinished: AttachRequest } | { pending: RemoveRequest; resumed: boolean } => {
           const pending = t.pending.find((p) => p.key === mount.key);
@@ -655,7 +660,7 @@ export class GuestAgent {
             if (pending.deleteLun === req.deleteLun) return { pending, resumed: true };
             throw pendingConflict(pending);
           }
-          if (pending) return { unfinished: pending };
+          // Checked before anything is given up, so a refused removal changes nothing.
           const inside = mountsInside(self.guestOs, mount, t);
           if (inside.length > 0) {
             throw new FailedPreconditionError(
@@ -663,6 +668,7 @@ export class GuestAgent {
               'MOUNTS_INSIDE_VOLUME',
             );
           }
+          if (pending && pending.requestId !== settled?.requestId) return { unfinished: pending };
           const p: RemoveRequest = {
             kind: 'remove',
             requestId: randomUUID(),
@@ -671,17 +677,24 @@ export class GuestAgent {
             createdAt: new Date(this.clock.now()).toISOString(),
             phase: 'requested',
             deleteLun: req.deleteLun,
+            ...(pending ? { supersedes: pending } : {}),
           };
+          // In one write: the unfinished request goes as the removal taking its place is recorded,
+          // which keeps it (to put it back if the host refuses), so a crash never loses both.
+          if (pending) dropPending(t, pending.requestId);
           t.pending.push(p);
           return { pending: p, resumed: false };
         });
         if ('unfinished' in start) {
           superseded = await this.giveUp(self, start.unfinished);
+          settled = start.unfinished;
           continue;
         }
         let p = start.pending;
-        if (start.resumed) this.emit({ kind: 'note', message: `finishing the \`disk remove\` of ${p.mountPath} an earlier run recorded (request ${p.requestId}: ${PHASE_WORDS[p.phase]})` });
-        else this.crash('requested');
+        if (start.resumed) {
+          this.emit({ kind: 'note', message: `finishing the \`disk remove\` of ${p.mountPath} an earlier run recorded (request ${p.requestId}: ${PHASE_WORDS[p.phase]})` });
+          if (p.supersedes) superseded = supersededWords(p.supersedes);
+        } else this.crash('requested');
         try {
           return await this.finishRemove(self, mount, p, start.resumed, superseded);
         } catch (err) {
@@ -694,13 +707,16 @@ export class GuestAgent {
     }
   }
 
-  /** A create or connect left unfinished is given up for the removal: its operation followed to its end, its record dropped. */
+  /**
+   * A create or connect left unfinished is given up for the removal: its operation followed to
+   * its end. Its record goes when the removal is recorded in its place (and comes back if the
+   * host refuses the removal).
+   */
   private async giveUp(self: VmInfo, p: AttachRequest): Promise<string> {
-    const what = `the unfinished \`disk ${p.kind}\` of ${p.mountPath} (request ${p.requestId}: ${PHASE_WORDS[p.phase]})`;
+    const what = supersededWords(p);
     this.emit({ kind: 'note', message: `removing in place of ${what}` });
     // Not yet sent (or not confirmed): the removal itself settles whatever the host has.
     if (p.phase === 'running') await this.settle(self, p);
-    await this.change(self, (t) => dropPending(t, p.requestId));
     return what;
   }
 
@@ -782,7 +798,14 @@ export class GuestAgent {
         note = `${mount.path} could not be mounted again (${(again as Error).message}); \`guest-agent disk list\` shows it`;
       }
     }
-    await this.change(self, (t) => dropPending(t, p.requestId));
+    await this.change(self, (t) => {
+      dropPending(t, p.requestId);
+      // The unfinished request this removal took the place of is recorded again: the refused
+      // removal changed nothing. (Found by the chaos run: it was dropped for good, and the disk
+      // its operation had attached was left with no record in the guest.)
+      if (p.supersedes) putPending(t, p.supersedes);
+    });
+    if (p.supersedes) note = `${note ? `${note}; ` : ''}the unfinished \`disk ${p.supersedes.kind}\` of ${p.supersedes.mountPath} is recorded again`;
     if (note && err instanceof Error) err.message += ` (${note})`;
   }
 

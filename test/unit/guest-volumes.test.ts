@@ -366,6 +366,36 @@ describe('guest volume manager (guest-agent/volumes.ts)', () => {
       expect(w.table()).to.deep.include({ mounts: [], pending: [] });
     });
 
+    it('a removal that takes the place of an unfinished create and is then refused by the host puts that request back, so the disk it attached is not lost (found by the chaos run)', async () => {
+      const w = world();
+      await rejects(w.agent({ crashAt: 'sent' }).create({ mount: 'E:', sizeBytes: 64 * MiB }));
+      w.host.failNext.RemoveDisk = [errorOfStatus(Code.FAILED_PRECONDITION, 'hot remove is not supported on node node1', 'HOT_PLUG_UNSUPPORTED')];
+      const err = await rejects(w.agent().remove({ mount: 'E:', deleteLun: true }));
+      expect(err.message).to.include('hot remove is not supported on node node1').and.include('disk create` of E: is recorded again');
+      expect(w.host.disks.get('E:'), 'the create attached its disk').to.not.equal(undefined);
+      expect(w.table().pending.map((p) => [p.kind, p.mountPath])).to.deep.equal([['create', 'E:']]);
+      // Nothing lost: the same command finishes the create, or a removal gives the disk back.
+      const r = await w.agent().create({ mount: 'E:', sizeBytes: 64 * MiB });
+      expect(r).to.include({ resumed: true });
+      expect([...w.host.ops.values()].filter((o) => o.view.kind === 'create_disk').length, 'the host asked to create once').to.equal(1);
+      await w.agent().remove({ mount: 'E:', deleteLun: true });
+      expect(w.bus.disks.size).to.equal(0);
+      expect(w.table()).to.deep.include({ mounts: [], pending: [] });
+    });
+
+    it('a removal refused for the mounts inside the volume keeps the unfinished create it would have taken the place of (found by the chaos run)', async () => {
+      const w = world();
+      await rejects(w.agent({ crashAt: 'mounted' }).create({ mount: 'E:', sizeBytes: 64 * MiB }));
+      await w.agent().create({ mount: 'E:\\logs', sizeBytes: 64 * MiB });
+      const before = w.table();
+      const err = await rejects(w.agent().remove({ mount: 'E:', deleteLun: true }));
+      expect(err).to.include({ reason: 'MOUNTS_INSIDE_VOLUME' });
+      expect(w.table(), 'nothing changed').to.deep.equal(before);
+      const r = await w.agent().create({ mount: 'E:', sizeBytes: 64 * MiB });
+      expect(r).to.include({ resumed: true });
+      expect(w.host.disks.get('E:')).to.include({ mounted: true });
+    });
+
     it('a removal of a mount with an unfinished create takes its place', async () => {
       const w = world();
       await rejects(w.agent({ crashAt: 'attached' }).create({ mount: 'E:', sizeBytes: 64 * MiB }));
