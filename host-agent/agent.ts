@@ -18,7 +18,7 @@ import { isInside, parseDrivePath, volumeOf, type DrivePath } from '../common/dr
 import type { Logger } from '../common/logging.js';
 import type { PoolInfo, StorageArray } from './array.js';
 import { checkQuota, DEFAULT_GUEST_LIMITS, RequestRate, type GuestLimits } from './limits.js';
-import { checkScsiShape, checkVmId, checkVmName, DEFAULT_CONTROLLERS, DEFAULT_LOCATIONS, type ClusterFile } from './cluster-file.js';
+import { checkScsiShape, checkVmId, checkVmName, DEFAULT_CONTROLLERS, DEFAULT_LOCATIONS, NODE_NAME_RE, VM_ID_RE, type ClusterFile } from './cluster-file.js';
 import { checkCanHotPlug, SimHypervisor, type Hypervisor } from './hypervisor.js';
 import { Failover } from './failover.js';
 import { checkInvariants, type Violation } from './invariants.js';
@@ -36,7 +36,7 @@ import type {
   VmRecord,
 } from './model.js';
 import { requestKey } from './model.js';
-import { AVAILABLE_STORAGE, CLUSTER_GROUP, newOperationId, unique, vmGroupName } from './names.js';
+import { AVAILABLE_STORAGE, CLUSTER_GROUP, newOperationId, OPERATION_ID_RE, unique, vmGroupName } from './names.js';
 import type { HostState } from './state.js';
 import { Engine, type BackoffPolicy, type OperationListener, type StepContext, type StepHook, type WorkflowDef } from './workflow/engine.js';
 import {
@@ -276,13 +276,15 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
 
   // ---------------------------------------------------------------- lookups
 
-  vm(id: string): VmRecord {
+  vm(id: string, field = 'vm_id'): VmRecord {
+    if (!VM_ID_RE.test(id)) throw new InvalidArgumentError(field, `${field} ${JSON.stringify(id.slice(0, 64))} is not a VM id: 1-32 lower-case letters, digits and hyphens`);
     const vm = this.state.vms.get(id);
     if (!vm) throw new NotFoundError('VM', id);
     return vm;
   }
 
-  node(name: string): NodeRecord {
+  node(name: string, field = 'node'): NodeRecord {
+    if (!NODE_NAME_RE.test(name)) throw new InvalidArgumentError(field, `${field} ${JSON.stringify(name.slice(0, 64))} is not a node name: 1-63 lower-case letters, digits and hyphens`);
     const n = this.state.nodes.get(name);
     if (!n) throw new NotFoundError('node', name);
     return n;
@@ -290,6 +292,7 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
 
   /** An operation as a caller may see it: a VM sees only its own (others are NOT_FOUND). */
   operation(scope: Scope, id: string): OperationRecord {
+    if (id === '') throw new InvalidArgumentError('operation_id', 'operation_id is required: the id CreateDisk, ConnectDisk or RemoveDisk answered with');
     const op = this.engine.view(id);
     if (!op || (scope !== 'admin' && op.vmId !== scope.vmId)) throw new NotFoundError('operation', id);
     return op;
@@ -862,7 +865,8 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
 
   listOperations(filter: { vmId: string; state: OperationStateName | undefined; pageSize: number; pageToken: string }): { ops: OperationRecord[]; next: string } {
     if (filter.pageSize > 1000) throw new InvalidArgumentError('page_size', 'page_size must be at most 1000 (0 means 100)');
-    if (filter.pageToken.length > 64) throw new InvalidArgumentError('page_token', 'page_token is not one this server gave out');
+    if (filter.pageToken !== '' && !OPERATION_ID_RE.test(filter.pageToken)) throw new InvalidArgumentError('page_token', 'page_token is not one this server gave out: pass next_page_token as it came');
+    if (filter.vmId !== '') checkVmId('vm_id', filter.vmId);
     const size = filter.pageSize || 100;
     const all = [...this.state.operations.values()]
       .filter((o) => (filter.vmId === '' || o.vmId === filter.vmId) && (!filter.state || o.state === filter.state) && (filter.pageToken === '' || o.id > filter.pageToken))

@@ -30,6 +30,9 @@ export function newOperationId(): string {
   return `op-${Date.now().toString(36).padStart(9, '0')}${randomBytes(6).toString('hex')}`;
 }
 
+/** The shape newOperationId gives (a page token is one, so a forged token is told apart). */
+export const OPERATION_ID_RE = /^op-[0-9a-z]{9}[0-9a-f]{12}$/;
+
 /** /vol/<volume>/<vm id>_<mount>_<op id>: unique per operation, so only that operation can have made it. */
 export function lunPathFor(volume: string, vmId: string, mount: DrivePath, opId: string): string {
   return `/vol/${volume}/${vmId.replace(/-/g, '_')}_${safeToken(mount)}_${opId.replace(/-/g, '_')}`;
