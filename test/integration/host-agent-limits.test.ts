@@ -47,6 +47,41 @@ describe('per-VM limits and quotas', function () {
       expect(await c.violations()).to.deep.equal([]);
     });
 
+    it('during a flood from vm1 (thousands of calls for a second and a half), vm1 is refused with RetryInfo while vm2\'s creates and removes all complete', async () => {
+      const g1 = c.guest('vm1');
+      let stop = false;
+      let sent = 0;
+      const refusedWithWait: number[] = [];
+      const flooders = Array.from({ length: 32 }, async () => {
+        while (!stop) {
+          sent++;
+          try {
+            await g1.listDisks({});
+          } catch (err) {
+            const d = statusDetails(err as ServiceError);
+            if ((err as ServiceError).code === Code.RESOURCE_EXHAUSTED && d.reason === 'RATE_LIMITED') refusedWithWait.push(d.retryAfterMs ?? 0);
+            else throw err;
+          }
+        }
+      });
+      const provisioned: string[] = [];
+      for (let i = 0; i < 4; i++) {
+        const op = (await create(c, 'vm2', `/flood${i}`, 16 * MiB)).operation!;
+        expect((await c.settle(op.id)).state).to.equal(OperationState.OPERATION_STATE_SUCCEEDED);
+        const rm = (await c.guest('vm2').removeDisk({ requestId: `flood-rm-${i}`, mountPath: `/flood${i}`, deleteLun: true })).operation!;
+        expect((await c.settle(rm.id)).state).to.equal(OperationState.OPERATION_STATE_SUCCEEDED);
+        provisioned.push(op.id);
+      }
+      await new Promise((r) => setTimeout(r, 1500));
+      stop = true;
+      await Promise.all(flooders);
+      expect(sent, 'calls vm1 made').to.be.greaterThan(1000);
+      expect(refusedWithWait.length, 'refused with RATE_LIMITED').to.be.greaterThan(sent * 0.9);
+      expect(refusedWithWait.every((ms) => ms > 0)).to.equal(true);
+      expect(provisioned).to.have.length(4);
+      expect(await c.violations()).to.deep.equal([]);
+    });
+
     it('block I/O is not counted against the request rate', async () => {
       const op = (await create(c, 'vm2', '/io', 16 * MiB)).operation!;
       await c.settle(op.id);
