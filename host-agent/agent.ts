@@ -215,7 +215,7 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
   async recover(): Promise<number> {
     this.pruneRequests();
     const cutShort = [...this.state.operations.values()].filter(
-      (o) => o.kind === 'create_disk' && (o.state === 'running' || o.state === 'rolling_back') && !o.committed,
+      (o) => (o.kind === 'create_disk' || o.kind === 'add_available_disk') && (o.state === 'running' || o.state === 'rolling_back') && !o.committed,
     );
     const n = await this.engine.recover();
     await this.failover.resume();
@@ -229,7 +229,8 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
   /**
    * A CreateLun the previous process sent before it died may still reach the array after
    * its operation was rolled back (an array runs a command it received, caller gone or
-   * not). Sweep for such LUNs now and a few times over the next minute.
+   * not), and so may a MapLun of AddAvailableDisk, whose LUN outlives the rollback. Sweep
+   * for such LUNs and maps now and a few times over the next minute.
    */
   private watchForLateLuns(): void {
     for (const delay of [0, 1000, 2000, 4000, 8000, 16000, 32000, 64000]) {
@@ -252,6 +253,36 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
       if (!op || op.kind !== 'create_disk' || op.state !== 'failed') continue;
       await this.array.deleteLun({ requestId: `${op.id}:sweep:${l.serial}`, lun: l.uuid, force: true });
       this.logger.warn('deleted a LUN created after its operation was rolled back', { opId: op.id, lun: l.path, serial: l.serial });
+      swept++;
+    }
+    return swept + (await this.sweepLateMaps());
+  }
+
+  /**
+   * Unmaps what a MapLun of a rolled-back AddAvailableDisk mapped after its undo had run:
+   * the maps to the nodes it chose, at the LUN id it chose, of a LUN no resource owns and no
+   * operation works on. (Found by the chaos run: the administrator's LUN stayed mapped to
+   * every node with nothing owning it.)
+   */
+  private async sweepLateMaps(): Promise<number> {
+    let swept = 0;
+    const recent = Date.now() - 10 * 60_000;
+    for (const op of this.state.operations.values()) {
+      const lun = op.data.lun;
+      if (op.kind !== 'add_available_disk' || op.state !== 'failed' || op.updateMs < recent || !lun || op.data.lunId === undefined) continue;
+      if (this.state.resources.has(lun.serial) || this.engine.holder(lunLock(lun.serial))) continue;
+      let maps;
+      try {
+        maps = await this.array.listMaps({ lun: lun.uuid });
+      } catch (err) {
+        if (err instanceof NotFoundError) continue;
+        throw err;
+      }
+      const late = maps.filter((m) => (op.data.nodes ?? []).includes(m.igroup) && m.lunId === op.data.lunId).map((m) => m.igroup);
+      if (late.length === 0) continue;
+      // No request id: unmapping is idempotent, and a map that lands again is unmapped again.
+      await this.array.unmapLun({ requestId: '', lun: lun.uuid, igroups: late });
+      this.logger.warn('unmapped a late map of an AddAvailableDisk rolled back', { opId: op.id, lun: lun.path, serial: lun.serial, nodes: late });
       swept++;
     }
     return swept;
@@ -682,7 +713,15 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
     op.data = { lun: { uuid: lun.uuid, serial: lun.serial, naaId: lun.naaId, path: lun.path, sizeBytes: lun.sizeBytes } };
     op.locks = [lunLock(lun.serial)];
     this.busy(op.locks, `LUN ${lun.serial}`);
-    return this.begin(op, fp, () => this.replay('admin', requestId, fp), `LUN ${lun.serial}`);
+    const started = await this.begin(op, fp, () => this.replay('admin', requestId, fp), `LUN ${lun.serial}`);
+    // Rolled back, its MapLun may still land (a slow array runs what it received): sweep then.
+    if (started.state === 'running') {
+      const off = this.engine.subscribe(started.id, (_e, o) => {
+        if (o.state === 'failed') this.watchForLateLuns();
+        if (o.state === 'failed' || o.state === 'succeeded') off();
+      });
+    }
+    return started;
   }
 
   async removeAvailableDisk(req: { requestId: string; lun: string }): Promise<OperationRecord> {

@@ -6,9 +6,14 @@
 import { status as Code, type ServiceError } from '@grpc/grpc-js';
 import { expect } from 'chai';
 import { statusDetails } from '../../common/status.js';
-import { DiskSharing } from '../../proto/gen/passthru/host/v1/host.js';
-import { FaultTiming } from '../../proto/gen/passthru/storage/v1/storage.js';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { connect } from '../../common/client.js';
+import { AdminServiceClient, DiskSharing, OperationState, StepState } from '../../proto/gen/passthru/host/v1/host.js';
+import { FaultInjectionServiceClient, FaultTiming, OsType, Provisioning, StorageArrayServiceClient } from '../../proto/gen/passthru/storage/v1/storage.js';
 import { startCluster, type TestCluster } from '../support/host-cluster.js';
+import { pollUntil, startHostAgent, threeNodeCluster, writeClusterFile } from '../support/host-process.js';
+import { startStorageSim, tempDir, type ServiceProcess } from '../support/processes.js';
 import { expectStatus } from '../support/status.js';
 
 const MiB = 1024 * 1024;
@@ -68,5 +73,59 @@ describe('bugs the chaos run found', function () {
     expect((await g.writeDisk({ requestId: 'fenced-write', address, offsetBytes: BigInt(MiB), data })).writtenBytes).to.equal(4096);
     expect((await g.readDisk({ address, offsetBytes: BigInt(MiB), lengthBytes: 4096 })).data.equals(data)).to.equal(true);
     expect(await c.violations()).to.deep.equal([]);
+  });
+
+  describe('with real processes, the host agent SIGKILLed', () => {
+    let dir: ReturnType<typeof tempDir>;
+    const procs: ServiceProcess[] = [];
+    afterEach(async () => {
+      for (const p of procs.splice(0)) await p.kill();
+      dir?.remove();
+    });
+
+    it("a MapLun of AddAvailableDisk that reaches the array after its operation was rolled back (the host agent killed meanwhile) leaves no map behind: it is swept", async () => {
+      dir = tempDir('passthru-late-map-');
+      const array = await startStorageSim(join(dir.path, 'array'), ['--enable-faults']);
+      procs.push(array);
+      mkdirSync(join(dir.path, 'host'));
+      const cluster = threeNodeCluster('late', 'passthru');
+      const opts = { storage: array.address, dataDir: join(dir.path, 'host'), cluster: writeClusterFile(dir.path, cluster) };
+      let host = await startHostAgent(opts);
+      procs.push(host);
+      const storage = connect(StorageArrayServiceClient, array.address);
+      const faults = connect(FaultInjectionServiceClient, array.address);
+      try {
+        const { lun } = await storage.createLun({ requestId: 'late-lun', path: '/vol/shared/reports', sizeBytes: BigInt(16 * MiB), osType: OsType.OS_TYPE_LINUX, provisioning: Provisioning.PROVISIONING_THIN, comment: '', pool: '' });
+        // The array holds the MapLun for 4 s before it runs it, whoever is still waiting by then.
+        await faults.injectFault({ method: 'MapLun', count: 1, code: 0, message: '', delayMs: 4_000, timing: FaultTiming.FAULT_TIMING_BEFORE });
+        let admin = connect(AdminServiceClient, host.address);
+        const { operation } = await admin.addAvailableDisk({ requestId: 'late-add', lun: lun!.path });
+        await pollUntil(() => admin.getOperation({ operationId: operation!.id }), (r) => r.operation!.steps.find((x) => x.name === 'lun.map')?.state === StepState.STEP_STATE_RUNNING, 5_000, 'lun.map under way');
+        admin.close();
+        await host.kill();
+        procs.pop();
+        // Recovery rolls the operation back (unmapping what is not mapped yet); the held MapLun lands after that.
+        host = await startHostAgent(opts);
+        procs.push(host);
+        admin = connect(AdminServiceClient, host.address);
+        try {
+          const op = (await pollUntil(() => admin.getOperation({ operationId: operation!.id }), (r) => r.operation!.state === OperationState.OPERATION_STATE_FAILED, 10_000, 'rolled back')).operation!;
+          expect(op.error?.code).to.equal(Code.ABORTED);
+          const nodes = cluster.nodes.map((n) => n.name);
+          await pollUntil(() => storage.listLunMaps({ lun: lun!.uuid, igroup: '', pageSize: 100, pageToken: '' }), (r) => r.maps.some((m) => nodes.includes(m.igroup)), 8_000, 'the late MapLun lands');
+          await pollUntil(() => storage.listLunMaps({ lun: lun!.uuid, igroup: '', pageSize: 100, pageToken: '' }), (r) => r.maps.length === 0, 15_000, 'the late map is swept');
+          expect(host.stderr()).to.include('unmapped a late map');
+          expect((await admin.checkInvariants({})).violations).to.deep.equal([]);
+          // The LUN is the administrator's again, unmapped: adding it once more works.
+          const again = await admin.addAvailableDisk({ requestId: 'late-add-2', lun: lun!.path });
+          expect((await pollUntil(() => admin.getOperation({ operationId: again.operation!.id }), (r) => r.operation!.state === OperationState.OPERATION_STATE_SUCCEEDED || r.operation!.state === OperationState.OPERATION_STATE_FAILED, 10_000, 'added')).operation!.state).to.equal(OperationState.OPERATION_STATE_SUCCEEDED);
+        } finally {
+          admin.close();
+        }
+      } finally {
+        storage.close();
+        faults.close();
+      }
+    });
   });
 });
