@@ -28,7 +28,7 @@ function quote(text: string): void {
   for (const line of text.trimEnd().split('\n')) say(`     | ${line}`);
 }
 
-function start(bin: string, args: string[]): Promise<{ address: string; stop(): Promise<void> }> {
+function start(bin: string, args: string[]): Promise<{ address: string; printed: string; stop(): Promise<void> }> {
   const child = spawn(process.execPath, [join(root, 'bin', bin), ...args, '--log-level', 'error'], { stdio: ['ignore', 'pipe', 'inherit'] });
   return new Promise((resolve, reject) => {
     let out = '';
@@ -40,6 +40,7 @@ function start(bin: string, args: string[]): Promise<{ address: string; stop(): 
       child.removeAllListeners('exit');
       resolve({
         address: m[1]!,
+        printed: out,
         stop: () =>
           new Promise<void>((done) => {
             if (child.exitCode !== null || child.signalCode !== null) return done();
@@ -88,7 +89,10 @@ async function main(): Promise<void> {
     join(dataDir, 'host'),
     '--cluster',
     join(root, 'examples', 'cluster.json'),
+    '--metrics-listen',
+    '127.0.0.1:0',
   ]);
+  const metricsUrl = /metrics on (http:\S+)/.exec(host.printed)?.[1];
   const storage = connect(StorageArrayServiceClient, array.address);
   const admin = connect(AdminServiceClient, host.address);
   try {
@@ -156,6 +160,13 @@ async function main(): Promise<void> {
     const { violations } = await admin.checkInvariants({});
     say(`\n8. Left on the array: ${end.lunCount} LUNs and ${end.mapCount} LUN maps. Cross-checks of hypervisor, cluster and array: ${violations.length} problems.`);
     if (end.lunCount !== 0 || end.mapCount !== 0 || violations.length !== 0) throw new Error(`something was left behind: ${JSON.stringify(violations)}`);
+
+    if (!metricsUrl) throw new Error('the host agent did not say where its metrics are');
+    say(`\n9. What the host agent counted, as Prometheus scrapes it (GET ${metricsUrl}):`);
+    const scraped = await (await fetch(metricsUrl)).text();
+    const counted = scraped.split('\n').filter((l) => /^passthru_operations_total\{|^passthru_rpc_requests_total\{[^}]*method="(CreateDisk|RemoveDisk|FailNode)"/.test(l));
+    if (!counted.some((l) => /kind="create_disk",result="succeeded"/.test(l))) throw new Error(`the metrics do not show the create: ${counted.join(' / ')}`);
+    quote(counted.map((l) => l.replace(/,?program="host-agent"/, '')).join('\n'));
     say('\nDemo finished: every step did what it said.');
   } finally {
     admin.close();
