@@ -15,7 +15,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { repoRoot } from './processes.js';
-import { runChaos } from './run.js';
+import { emergencyStop, runChaos } from './run.js';
 
 function usage(message: string): never {
   process.stderr.write(`chaos: ${message}\nusage: npm run chaos -- [--seconds N] [--vms M] [--seed S] [--report PATH] [--tmp DIR] [--keep]\n`);
@@ -52,6 +52,20 @@ async function main(): Promise<void> {
   const seed = whole('seed', values.seed as string | undefined, Math.floor(Math.random() * 0x7fffffff), 0, 0xffffffff);
   const reportPath = resolve((values.report as string | undefined) ?? join(repoRoot(), 'chaos', 'results', `chaos-${seed}.json`));
   process.stderr.write(`chaos: seed ${seed}, ${seconds} s, ${vms} VMs (replay: npm run chaos -- --seconds ${seconds} --vms ${vms} --seed ${seed})\n`);
+  // Stopped from outside, or stuck past any sane bound: the services go (by PID) and the temporary dir with them.
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => {
+      process.stderr.write(`chaos: ${signal}: stopping storage-sim and host-agent, removing the temporary dir\n`);
+      emergencyStop();
+      process.exit(130);
+    });
+  }
+  const boundMs = (seconds + 600) * 1000;
+  setTimeout(() => {
+    process.stderr.write(`chaos: the run did not finish within ${boundMs / 1000} s; stopping it (replay: npm run chaos -- --seconds ${seconds} --vms ${vms} --seed ${seed} --keep)\n`);
+    emergencyStop();
+    process.exit(1);
+  }, boundMs).unref();
   const r = await runChaos({
     seconds,
     vms,

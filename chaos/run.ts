@@ -81,6 +81,14 @@ export interface ChaosReport {
   dir: string | null;
 }
 
+/** What each run in this process must undo at once if the process is told to stop (a signal, a watchdog). */
+const live = new Set<() => void>();
+
+/** SIGKILLs (by PID) the services every run in this process started and removes their temporary dirs, now. */
+export function emergencyStop(): void {
+  for (const stop of [...live]) stop();
+}
+
 export function replayCommand(o: { seconds: number; vms: number; seed: number }): string {
   return `npm run chaos -- --seconds ${o.seconds} --vms ${o.vms} --seed ${o.seed}`;
 }
@@ -196,6 +204,13 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   let verified: Verified | null = null;
   let injector: Injector | undefined;
   let failure: unknown;
+  const stopNow = (): void => {
+    for (const s of [host, storage]) {
+      if (s.running && s.pid !== undefined) process.kill(s.pid, 'SIGKILL');
+    }
+    if (!o.keep) rmSync(root, { recursive: true, force: true });
+  };
+  live.add(stopNow);
   const t0 = Date.now();
   let mark = t0;
   const phase = (name: keyof typeof phases): void => {
@@ -278,6 +293,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   } catch (err) {
     failure = err;
   } finally {
+    live.delete(stopNow);
     for (const w of workers) w.close();
     c?.close();
     await Promise.all([host.stop().catch(() => undefined), storage.stop().catch(() => undefined)]);
