@@ -1,5 +1,6 @@
 /**
- * One VM cannot reach another's disk through its own endpoint: vm1 has a disk with data on
+ * One VM cannot reach another's disk through its own endpoint (storage-sim and host-agent
+ * running as processes, each VM's client on its socket): vm1 has a disk with data on
  * it; vm2 (Linux) and vm3 (Windows, so vm1's drive paths are valid syntax for it) try every
  * way in that knowing vm1's serial, NAA id, SCSI address, mount path and operation id gives
  * them. Each attempt is NOT_FOUND (or touches only the caller's own namespace), says nothing
@@ -11,15 +12,34 @@ import { status as Code } from '@grpc/grpc-js';
 import { expect } from 'chai';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
-import { DiskSharing, OperationState, type Disk } from '../../proto/gen/passthru/host/v1/host.js';
-import { startCluster, type TestCluster } from '../support/host-cluster.js';
+import { connect, type PromiseClient } from '../../common/client.js';
+import { DiskSharing, GuestServiceClient, OperationState, type Disk } from '../../proto/gen/passthru/host/v1/host.js';
+import { deploy, type Deployment } from '../support/guest-cli.js';
 import { expectStatus } from '../support/status.js';
 
 const MiB = 1024 * 1024;
 
-describe('VM isolation on the guest endpoints', function () {
-  this.timeout(60_000);
-  let c: TestCluster;
+describe('VM isolation on the guest endpoints (storage-sim and host-agent as processes)', function () {
+  this.timeout(120_000);
+  let d: Deployment;
+  const clients = new Map<string, PromiseClient<GuestServiceClient>>();
+  /** The VM's own endpoint, as its guest reaches it. */
+  const guest = (vm: string): PromiseClient<GuestServiceClient> => {
+    let g = clients.get(vm);
+    if (!g) clients.set(vm, (g = connect(GuestServiceClient, d.endpoint(vm))));
+    return g;
+  };
+  const c = {
+    get admin() {
+      return d.admin;
+    },
+    get storage() {
+      return d.storage;
+    },
+    guest,
+    settle: (id: string) => d.settle(id),
+    violations: () => d.violations(),
+  };
   let victim: Disk;
   let opId: string;
   const secret = Buffer.alloc(4096, 0).fill('vm1-only ');
@@ -33,8 +53,9 @@ describe('VM isolation on the guest endpoints', function () {
     data: Buffer.from((await c.guest('vm1').readDisk({ address: victim.address, offsetBytes: 0n, lengthBytes: 4096 })).data).toString('hex'),
   });
 
-  before(async () => {
-    c = await startCluster();
+  before(async function () {
+    this.timeout(180_000);
+    d = await deploy();
     const op = (await c.guest('vm1').createDisk({ requestId: 'v-1', mountPath: 'E:', sizeBytes: BigInt(64 * MiB), sharing: DiskSharing.DISK_SHARING_UNSPECIFIED })).operation!;
     expect((await c.settle(op.id)).state).to.equal(OperationState.OPERATION_STATE_SUCCEEDED);
     opId = op.id;
@@ -42,11 +63,12 @@ describe('VM isolation on the guest endpoints', function () {
     await c.guest('vm1').writeDisk({ requestId: 'v-2', address: victim!.address, offsetBytes: 0n, data: secret });
   });
   after(async () => {
-    await c.close();
+    for (const g of clients.values()) g.close();
+    await d.close();
   });
 
   it('each VM\'s endpoint is a 0600 socket in a 0700 directory', () => {
-    const dir = join(c.dir, 'host', 'sock');
+    const dir = join(d.hostDataDir, 'sock');
     expect(statSync(dir).mode & 0o777).to.equal(0o700);
     for (const vm of ['vm1', 'vm2', 'vm3', 'vm4']) expect(statSync(join(dir, `${vm}.sock`)).mode & 0o777, vm).to.equal(0o600);
   });
