@@ -22,8 +22,11 @@
  * Usage: node dist/bench/io.js [--seconds N] [--warmup N] [--json-out PATH] [--only REGEX]
  *        [--tmp DIR] [--skip-failover] [--host-agent PATH] [--agent-cpu-prof DIR]
  *
- *   --seconds N        measured seconds per I/O phase (default 3), after a warm-up (--warmup,
+ *   --seconds N        measured seconds per I/O round (default 2), after a warm-up (--warmup,
  *                      default a third of it, 0.5-1 s)
+ *   --rounds N         rounds per row (default 3): the array's path and the host agent's in
+ *                      turns; a row's figures are its median round's, the ratio the median
+ *                      of the rounds' ratios
  *   --json-out PATH    where the JSON goes (default bench/results/io.json)
  *   --only REGEX       run only the phases whose name matches: write-1m, read-1m, write-4k,
  *                      read-4k, failover (each I/O phase holds its host and array rows)
@@ -105,6 +108,9 @@ interface Row extends Measured {
   ratio?: number;
   aim?: number;
   met?: boolean;
+  /** Each round's rate, and (host rows) each round's ratio to the array round before it. */
+  roundRates?: number[];
+  roundRatios?: number[];
   /** CPU seconds per wall second in the measured window: host-agent, storage-sim, this process. */
   agentCpu?: number;
   storageCpu?: number;
@@ -251,7 +257,8 @@ function summary(values: number[]): { n: number; p50Ms: number; p99Ms: number; m
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
-      seconds: { type: 'string', default: '3' },
+      seconds: { type: 'string', default: '2' },
+      rounds: { type: 'string', default: '3' },
       warmup: { type: 'string' },
       'json-out': { type: 'string' },
       only: { type: 'string' },
@@ -262,6 +269,8 @@ async function main(): Promise<void> {
     },
   });
   const { seconds, warmupSeconds } = phaseSeconds(values);
+  const rounds = Number(values.rounds);
+  if (!Number.isInteger(rounds) || rounds < 1 || rounds > 50) throw usageError(`--rounds ${values.rounds}: give a whole number from 1 to 50`);
   let only: RegExp | undefined;
   try {
     only = values.only ? new RegExp(values.only, 'i') : undefined;
@@ -376,23 +385,41 @@ async function main(): Promise<void> {
       return { vmId: vm.id, mountPath, serial: result.serial, address: result.address, lun: lun.uuid, group: vmsAtStart.get(vm.id)?.group ?? '' };
     };
 
-    const measure = async (
-      row: Omit<Row, keyof Measured | 'agentCpu' | 'storageCpu' | 'clientCpu' | 'ratio' | 'met'>,
-      op: (worker: number, n: number) => Promise<unknown>,
-    ): Promise<Row> => {
-      process.stderr.write(`  ${row.name} x${row.concurrency} ...`);
+    type RowSpec = Omit<Row, keyof Measured | 'agentCpu' | 'storageCpu' | 'clientCpu' | 'ratio' | 'met' | 'rounds'>;
+    const once = async (row: RowSpec, op: (worker: number, n: number) => Promise<unknown>): Promise<Row> => {
       const cpu = cpuWindow(agentPid, storagePid);
       const m = await closedLoop({ concurrency: row.concurrency, seconds, warmupSeconds, window: cpu.window }, op);
       const scale = row.unit === 'MiB/s' ? row.blockBytes / MiB : 1;
-      const r: Row = { ...row, ...m, rate: m.rate * scale, ...cpu.result() };
-      const base = rows.find((b) => b.phase === row.phase && b.name === row.baseline && b.concurrency === row.concurrency);
-      if (base) {
-        r.ratio = r.rate / base.rate;
-        if (r.aim !== undefined) r.met = r.ratio >= r.aim;
+      return { ...row, ...m, rate: m.rate * scale, ...cpu.result() };
+    };
+    const median = (xs: number[]): number => percentile([...xs], 50);
+    /** The round whose rate is the median one: its figures stand for the row. */
+    const medianRound = (rs: Row[]): Row => [...rs].sort((a, b) => a.rate - b.rate)[Math.floor((rs.length - 1) / 2)]!;
+    /**
+     * The array's path and the host agent's, measured in turns (array, host, array, host, ...)
+     * so that both meet the machine in the same moods: on a shared machine the speed drifts
+     * by tens of percent within a minute. The ratio is the median of the rounds' own ratios.
+     */
+    const measurePair = async (
+      arrayRow: RowSpec,
+      arrayOp: (worker: number, n: number) => Promise<unknown>,
+      hostRow: RowSpec,
+      hostOp: (worker: number, n: number) => Promise<unknown>,
+    ): Promise<void> => {
+      process.stderr.write(`  ${hostRow.name} vs ${arrayRow.name} x${hostRow.concurrency}, ${rounds} rounds ...`);
+      const arrays: Row[] = [];
+      const hosts: Row[] = [];
+      for (let i = 0; i < rounds; i++) {
+        arrays.push(await once(arrayRow, arrayOp));
+        hosts.push(await once(hostRow, hostOp));
       }
-      rows.push(r);
-      process.stderr.write(` ${fmt(r.rate)} ${r.unit} (p50 ${fmt(r.p50Ms, 2)} ms)${r.ratio === undefined ? '' : `, ${(r.ratio * 100).toFixed(1)}% of the array`}\n`);
-      return r;
+      const a: Row = { ...medianRound(arrays), roundRates: arrays.map((r) => r.rate) };
+      const h: Row = { ...medianRound(hosts), roundRates: hosts.map((r) => r.rate) };
+      h.ratio = median(hosts.map((r, i) => r.rate / arrays[i]!.rate));
+      h.roundRatios = hosts.map((r, i) => r.rate / arrays[i]!.rate);
+      if (h.aim !== undefined) h.met = h.ratio >= h.aim;
+      rows.push(a, h);
+      process.stderr.write(` ${fmt(h.rate)} vs ${fmt(a.rate)} ${h.unit}: ${(h.ratio * 100).toFixed(1)}% of the array (rounds ${h.roundRatios.map((x) => `${(x * 100).toFixed(0)}%`).join(', ')})\n`);
     };
 
     // 1. Block I/O: the host agent's path beside the array's own, on the same LUN.
@@ -463,19 +490,21 @@ async function main(): Promise<void> {
         const hostName = `${write ? 'WriteDisk' : 'ReadDisk'} ${label} (host agent)`;
         const data = bytes === MiB ? big : small;
         for (const c of bytes === MiB ? BIG_CONCURRENCY : SMALL_CONCURRENCY) {
-          await measure({ phase, name: arrayName, via: 'array', blockBytes: bytes, concurrency: c, unit }, async (_w, n) => {
-            if (write) {
-              await array.writeBlocks({ requestId: `bench-${run}-${phase}-a${c}-${n}`, lun: disk.lun, initiator, offsetBytes: offset(n, bytes), data });
-            } else {
-              const res = await array.readBlocks({ lun: disk.lun, initiator, offsetBytes: offset(n, bytes), lengthBytes: bytes });
-              expectLength('ReadBlocks', res.data.length, bytes);
-            }
-          });
-          await measure(
+          let r = 0;
+          await measurePair(
+            { phase, name: arrayName, via: 'array', blockBytes: bytes, concurrency: c, unit },
+            async (_w, n) => {
+              if (write) {
+                await array.writeBlocks({ requestId: `bench-${run}-${phase}-a${c}-${++r}-${n}`, lun: disk.lun, initiator, offsetBytes: offset(n, bytes), data });
+              } else {
+                const res = await array.readBlocks({ lun: disk.lun, initiator, offsetBytes: offset(n, bytes), lengthBytes: bytes });
+                expectLength('ReadBlocks', res.data.length, bytes);
+              }
+            },
             { phase, name: hostName, via: 'host agent', blockBytes: bytes, concurrency: c, unit, baseline: arrayName, aim: bytes === MiB ? HOST_AIM : undefined },
             async (_w, n) => {
               if (write) {
-                await guest.writeDisk({ requestId: `bench-${run}-${phase}-h${c}-${n}`, address, offsetBytes: offset(n, bytes), data });
+                await guest.writeDisk({ requestId: `bench-${run}-${phase}-h${c}-${++r}-${n}`, address, offsetBytes: offset(n, bytes), data });
               } else {
                 const res = await guest.readDisk({ address, offsetBytes: offset(n, bytes), lengthBytes: bytes });
                 expectLength('ReadDisk', res.data.length, bytes);
