@@ -66,8 +66,8 @@ const DISK_BYTES = 16 * MiB;
 /**
  * Sequential RPC hops one CreateDisk needs before the client sees it SUCCEEDED, as counted
  * for aim (a): the CreateDisk call itself; the agent's calls to storage-sim ListPools,
- * CreateLun, MapLun (a shared disk's maps to the nodes' igroups, if sent in parallel, count
- * once), RegisterReservationKey and Reserve; then the client's WatchOperation open and its
+ * CreateLun, MapLun (one call for every node's igroup), RegisterReservationKey and Reserve;
+ * then the client's WatchOperation open and its
  * final message. Correct it here when the workflow's calls change.
  */
 const CREATE_HOPS = 8;
