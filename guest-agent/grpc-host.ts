@@ -206,6 +206,15 @@ function toDisk(d: Disk | undefined): HostDisk {
 
 export class GrpcHostLink implements HostLink, SimulatedHardware {
   private client?: PromiseClient<GuestServiceClient>;
+  /**
+   * WriteDisk goes over a connection of its own. Over one HTTP/2 connection on the VM's Unix
+   * socket, a large WriteDisk on its way to the host and a large ReadDisk answer on its way
+   * back, in flight together, could both stall for good (each side's sending waiting on the
+   * other's receiving): every later call on that connection timed out, and a new client got
+   * the same pooled connection. Found by the chaos run (a guest reading and writing at once
+   * lost its host). Now each connection carries large messages one way only.
+   */
+  private writer?: PromiseClient<GuestServiceClient>;
 
   constructor(
     readonly endpoint: string,
@@ -217,16 +226,21 @@ export class GrpcHostLink implements HostLink, SimulatedHardware {
     return this.client;
   }
 
+  private get writes(): PromiseClient<GuestServiceClient> {
+    this.writer ??= connect(GuestServiceClient, this.endpoint, { timeoutMs: this.timeoutMs, channelKey: 'guest-writes' });
+    return this.writer;
+  }
+
   /**
    * One call. A host shedding load (this VM over its request rate, or with too much in
    * flight) says how long to wait; the call is made again after that, for a while: every
    * call is a read or carries its request id, so doing it again is safe.
    */
-  private async call<T>(method: string, body: (c: PromiseClient<GuestServiceClient>) => Promise<T>): Promise<T> {
+  private async call<T>(method: string, body: (c: PromiseClient<GuestServiceClient>) => Promise<T>, client = (): PromiseClient<GuestServiceClient> => this.guest): Promise<T> {
     const giveUpAt = Date.now() + SHED_PATIENCE_MS;
     for (;;) {
       try {
-        return await body(this.guest);
+        return await body(client());
       } catch (err) {
         const waitMs = isServiceError(err) && err.code === Code.RESOURCE_EXHAUSTED ? shedWait(err) : undefined;
         if (waitMs === undefined || Date.now() + waitMs > giveUpAt) throw hostError(err, this.endpoint, method);
@@ -307,17 +321,18 @@ export class GrpcHostLink implements HostLink, SimulatedHardware {
   }
 
   async writeDisk(requestId: string, at: ScsiAddress, offset: number, data: Buffer): Promise<void> {
-    const r = await this.call('WriteDisk', (c) => c.writeDisk({ requestId, address: at, offsetBytes: BigInt(offset), data }));
+    const r = await this.call('WriteDisk', (c) => c.writeDisk({ requestId, address: at, offsetBytes: BigInt(offset), data }), () => this.writes);
     if (r.writtenBytes !== data.length) throw new Error(`WriteDisk of ${data.length} bytes at ${offset} wrote ${r.writtenBytes}`);
   }
 
   reconnect(): void {
-    this.client?.close();
-    this.client = undefined;
+    this.close();
   }
 
   close(): void {
     this.client?.close();
+    this.writer?.close();
     this.client = undefined;
+    this.writer = undefined;
   }
 }

@@ -9,6 +9,7 @@ import { statusDetails } from '../../common/status.js';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect } from '../../common/client.js';
+import { GrpcHostLink } from '../../guest-agent/grpc-host.js';
 import { AdminServiceClient, DiskSharing, OperationState, StepState } from '../../proto/gen/passthru/host/v1/host.js';
 import { FaultInjectionServiceClient, FaultTiming, OsType, Provisioning, StorageArrayServiceClient } from '../../proto/gen/passthru/storage/v1/storage.js';
 import { startCluster, type TestCluster } from '../support/host-cluster.js';
@@ -73,6 +74,24 @@ describe('bugs the chaos run found', function () {
     expect((await g.writeDisk({ requestId: 'fenced-write', address, offsetBytes: BigInt(MiB), data })).writtenBytes).to.equal(4096);
     expect((await g.readDisk({ address, offsetBytes: BigInt(MiB), lengthBytes: 4096 })).data.equals(data)).to.equal(true);
     expect(await c.violations()).to.deep.equal([]);
+  });
+
+  it("the guest's link to its host carries a 1 MiB WriteDisk and a 1 MiB ReadDisk at once without wedging the connection (an HTTP/2 connection saturated both ways over the VM's Unix socket stopped for good)", async () => {
+    c = await startCluster();
+    const { operation } = await c.guest('vm2').createDisk({ requestId: 'duplex', mountPath: '/srv/duplex', sizeBytes: BigInt(64 * MiB), sharing: DiskSharing.DISK_SHARING_SHARED });
+    const address = (await c.settle(operation!.id)).result!.address!;
+    const link = new GrpcHostLink(`unix:${join(c.dir, 'host', 'sock', 'vm2.sock')}`, 3_000);
+    try {
+      // Each round has a fair chance to wedge a shared connection; twenty rounds make it a near certainty.
+      for (let round = 0; round < 20; round++) {
+        const data = Buffer.alloc(MiB, round + 1);
+        await Promise.all([link.writeDisk('', address, 0, data), link.readDisk(address, 8 * MiB, MiB), link.writeDisk('', address, 16 * MiB, data), link.readDisk(address, 24 * MiB, MiB)]);
+        expect((await link.readDisk(address, 0, MiB)).equals(data), `round ${round}`).to.equal(true);
+      }
+      expect((await link.self()).id).to.equal('vm2');
+    } finally {
+      link.close();
+    }
   });
 
   describe('with real processes, the host agent SIGKILLed', () => {
