@@ -783,6 +783,7 @@ export class GuestAgent {
   private async mountAgain(self: VmInfo, mount: DrivePath, p: RemoveRequest, err: unknown): Promise<void> {
     const entry = p.unmounted;
     let note: string | undefined;
+    let remounted = true;
     if (entry) {
       try {
         const quick = { ...this.discovery, timeoutMs: Math.min(this.discovery.timeoutMs, 5_000) };
@@ -795,17 +796,26 @@ export class GuestAgent {
         await this.report(entry).catch(() => undefined);
         note = `${mount.path} is mounted again`;
       } catch (again) {
-        note = `${mount.path} could not be mounted again (${(again as Error).message}); \`guest-agent disk list\` shows it`;
+        remounted = false;
+        note = `${mount.path} could not be mounted again (${(again as Error).message})`;
       }
     }
+    // Not mounted again, its disk still attached: the removal stays recorded (under a new
+    // request id, the refused one being settled), so the disk is not forgotten and the same
+    // command finishes it. (Found by the chaos run: the mount and the request were both
+    // dropped, leaving the guest no record of a disk the host still had attached.)
+    const kept: RemoveRequest | undefined = remounted ? undefined : { ...p, requestId: randomUUID(), phase: 'unmounted', createdAt: new Date(this.clock.now()).toISOString() };
+    if (kept) delete kept.operationId;
     await this.change(self, (t) => {
       dropPending(t, p.requestId);
+      if (kept) putPending(t, kept);
       // The unfinished request this removal took the place of is recorded again: the refused
       // removal changed nothing. (Found by the chaos run: it was dropped for good, and the disk
       // its operation had attached was left with no record in the guest.)
-      if (p.supersedes) putPending(t, p.supersedes);
+      else if (p.supersedes) putPending(t, p.supersedes);
     });
-    if (p.supersedes) note = `${note ? `${note}; ` : ''}the unfinished \`disk ${p.supersedes.kind}\` of ${p.supersedes.mountPath} is recorded again`;
+    if (kept) note = `${note}; the removal is still recorded: run \`${commandFor(kept)}\` again to finish it`;
+    else if (p.supersedes) note = `${note ? `${note}; ` : ''}the unfinished \`disk ${p.supersedes.kind}\` of ${p.supersedes.mountPath} is recorded again`;
     if (note && err instanceof Error) err.message += ` (${note})`;
   }
 

@@ -357,6 +357,30 @@ describe('guest volume manager (guest-agent/volumes.ts)', () => {
       expect(w.host.disks.get('E:')).to.include({ mounted: true });
     });
 
+    it('a removal the host refuses, whose volume then cannot be mounted again (the host gone for a while), stays recorded: the disk is not forgotten, and the same command finishes it (found by the chaos run)', async () => {
+      const w = world();
+      const made = await w.agent().create({ mount: 'E:', sizeBytes: 64 * MiB });
+      w.host.failNext.RemoveDisk = [errorOfStatus(Code.ABORTED, 'operation op-9 is in flight on VM vm1', 'OPERATION_IN_FLIGHT')];
+      const rescan = w.bus.rescanBus.bind(w.bus);
+      let down = true;
+      w.bus.rescanBus = async () => {
+        if (down) throw unreachable();
+        return rescan();
+      };
+      const err = await rejects(w.agent().remove({ mount: 'E:', deleteLun: false }));
+      expect(err.message).to.include('operation op-9 is in flight').and.include('could not be mounted again').and.include('guest-agent disk remove --mount E:');
+      const t = w.table();
+      expect(t.mounts, 'unmounted').to.deep.equal([]);
+      expect(t.pending.map((p) => [p.kind, p.mountPath, p.phase]), 'the removal stays recorded, with what was mounted').to.deep.equal([['remove', 'E:', 'unmounted']]);
+      expect((t.pending[0] as { unmounted?: unknown }).unmounted).to.deep.equal(made.mount);
+      // The host back, the same command finishes the removal.
+      down = false;
+      const r = await w.agent().remove({ mount: 'E:', deleteLun: false });
+      expect(r).to.include({ resumed: true });
+      expect(r.detached?.serial).to.equal(made.mount.serial);
+      expect(w.table()).to.deep.include({ mounts: [], pending: [] });
+    });
+
     it('a volume whose disk the host detached behind the guest\'s back is unmounted, and the removal succeeds', async () => {
       const w = world();
       await w.agent().create({ mount: 'E:', sizeBytes: 64 * MiB });
