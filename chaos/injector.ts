@@ -94,6 +94,8 @@ const codeName = (err: unknown): string => {
 export class Injector {
   /** Which node each fail-node failed, by its index in the schedule. */
   private readonly failed = new Map<number, string>();
+  /** Guests whose VM is going down with a FailNode still on its way: not turned back on until it has answered. */
+  private readonly held = new Set<Worker>();
   readonly done: Scheduled[] = [];
   readonly notReached: Scheduled[] = [];
 
@@ -155,15 +157,21 @@ export class Injector {
           const w = this.env.workers.find((x) => x.vm.id === vm.id);
           if (w && vm.state === VmState.VM_STATE_RUNNING && (!vm.ha || rng.chance(0.5))) {
             w.powerOff();
+            this.held.add(w);
             died.push(vm.id);
           }
         }
         this.failed.set(e.index, node);
+        const release = (): void => {
+          for (const w of this.held) if (died.includes(w.vm.id)) this.held.delete(w);
+        };
         try {
           const r = await answered(() => c.admin.failNode({ requestId: `${this.env.runTag}:fail:${e.index}`, node }), 15_000);
           l.failovers.failNode++;
+          release();
           return { detail: `${node}; guests down: ${died.join(' ') || 'none'}`, outcome: `moved ${r.moves.filter((m) => m.fromNode !== m.toNode).length} groups, settled ${r.settledOperations.length} operations` };
         } catch (err) {
+          release();
           // The array refused or could not be reached while fencing: the node is down and its failover finishes in the background.
           const down = await this.tookEffect(async () => (await c.admin.listNodes({})).nodes.some((n) => n.name === node && n.state !== NodeState.NODE_STATE_UP));
           if (down) l.failovers.failNode++;
@@ -280,7 +288,7 @@ export class Injector {
   async powerWatch(stop: () => boolean, everyMs = 200, minOffMs = 300): Promise<void> {
     while (!stop()) {
       await sleep(everyMs);
-      const off = this.env.workers.filter((w) => !w.powered && w.offForMs >= minOffMs);
+      const off = this.env.workers.filter((w) => !w.powered && !this.held.has(w) && w.offForMs >= minOffMs);
       if (off.length === 0) continue;
       try {
         const [{ vms }, { nodes }] = await Promise.all([this.env.clients.admin.listVms({ node: '' }), this.env.clients.admin.listNodes({})]);

@@ -112,7 +112,7 @@ export class Ledger {
   private keep(a: Attempt): void {
     const list = this.recent.get(a.actor) ?? [];
     list.push(a);
-    if (list.length > 60) list.shift();
+    if (list.length > 400) list.shift();
     this.recent.set(a.actor, list);
   }
 

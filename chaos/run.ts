@@ -20,7 +20,7 @@ import { Administrators, answered, clients, type Clients } from './admin.js';
 import { OsType, Provisioning } from '../proto/gen/passthru/storage/v1/storage.js';
 import { clusterFile, vmSpecs, VOLUME } from './cluster.js';
 import { Injector, schedule, type Scheduled } from './injector.js';
-import { Ledger, type TimelineEvent, type Violation } from './ledger.js';
+import { Ledger, type Attempt, type TimelineEvent, type Violation } from './ledger.js';
 import { freePort, repoRoot, Service, startWithRetries } from './processes.js';
 import { GuestLine } from './proxy.js';
 import { Registry } from './registry.js';
@@ -307,21 +307,30 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   return report(o, registry, ledger, plan, injector, verified, workers, phases, o.keep ? root : null);
 }
 
-/** The last attempts of every actor a violation names (its subject starts with the actor), one line each. */
+/**
+ * For every actor a violation names (its subject starts with the actor): its last commands,
+ * and the last commands of it that named the mount the violation is about, one line each.
+ */
 function traces(ledger: Ledger, registry: Registry): Record<string, string[]> {
   const out: Record<string, string[]> = {};
+  const line = (a: Attempt): string =>
+    `#${a.id} ${(a.startMs / 1000).toFixed(2)}-${((a.endMs ?? a.startMs) / 1000).toFixed(2)}s ${a.kind} ${a.what}: ${a.outcome === 'succeeded' ? 'ok' : `${a.error?.kind} ${a.error?.reason}`}${a.resumed ? ' (resumed)' : ''}${a.opIds.length ? ` ops ${a.opIds.join(',')}` : ''}`;
   const words = (v: Violation): string => {
     const serials = `${v.subject} ${v.description}`.match(/\b[A-Za-z]{4}[A-Za-z0-9]{8}\b/g) ?? [];
     return `${v.subject} ${v.description} ${serials.flatMap((x) => registry.get(x)?.history.map((h) => h.place) ?? []).join(' ')}`;
   };
-  const named = ledger.violations.slice(0, 50).flatMap((v) => [v.subject.split(' ')[0]!, ...(words(v).match(/\b(?:vm\d+|admin)\b/g) ?? [])]);
-  for (const actor of named) {
-    const list = ledger.recent.get(actor);
-    if (!list || out[actor]) continue;
-    out[actor] = list.map(
-      (a) =>
-        `#${a.id} ${(a.startMs / 1000).toFixed(2)}-${((a.endMs ?? a.startMs) / 1000).toFixed(2)}s ${a.kind} ${a.what}: ${a.outcome === 'succeeded' ? 'ok' : `${a.error?.kind} ${a.error?.reason}`}${a.resumed ? ' (resumed)' : ''}${a.opIds.length ? ` ops ${a.opIds.join(',')}` : ''}`,
-    );
+  for (const v of ledger.violations.slice(0, 50)) {
+    const [first, ...rest] = v.subject.split(' ');
+    const path = rest.join(' ');
+    for (const actor of [first!, ...(words(v).match(/\b(?:vm\d+|admin)\b/g) ?? [])]) {
+      const list = ledger.recent.get(actor);
+      if (!list) continue;
+      if (!out[actor]) out[actor] = list.slice(-60).map(line);
+      if (actor === first && path !== '' && !out[`${actor} ${path}`]) {
+        const about = list.filter((a) => a.what.includes(path) || a.what.includes(JSON.stringify(path))).slice(-40);
+        if (about.length > 0) out[`${actor} ${path}`] = about.map(line);
+      }
+    }
   }
   return out;
 }
