@@ -291,11 +291,15 @@ function checkOnArray(model: VolumeModel, lun: Lun, env: VerifyEnv, out: Verifie
   const size = Number(lun.sizeBytes);
   const parsed = parseDiskLayout((o, n) => readLunFile(env.arrayDir, lun.uuid, o, Math.max(0, Math.min(n, size - o))), size);
   if (model.volumeId !== null) {
-    if (parsed.kind !== 'passthru' || parsed.volumeId !== model.volumeId) {
+    // An unfinished request's initialization may have landed (its volume chosen and recorded before its first write).
+    // Cut between its writes, it reads as foreign (the backup header goes last): each sector old or new.
+    const landed = (parsed.kind === 'passthru' && model.mayHold.has(parsed.volumeId)) || (parsed.kind === 'foreign' && model.mayHold.size > 0);
+    if (!landed && (parsed.kind !== 'passthru' || parsed.volumeId !== model.volumeId)) {
       l.violate('VOLUME_WRONG', model.serial, `${model.describe()}: its backing file holds ${parsed.kind === 'passthru' ? `volume ${parsed.volumeId}` : `a ${parsed.kind} disk${parsed.kind === 'foreign' ? ` (${parsed.reason})` : ''}`}`, 'lost');
       return;
     }
-  } else if (model.foreign && parsed.kind !== 'foreign') {
+  } else if (model.foreign && parsed.kind !== 'foreign' && !(parsed.kind === 'passthru' && model.mayHold.has(parsed.volumeId))) {
+    // (A foreign disk an unfinished initialization reached in part still reads as foreign.)
     l.violate('VOLUME_WRONG', model.serial, `${model.describe()}: prepared with bytes at LBA 0, it reads as ${parsed.kind}`, 'lost');
   }
   if (model.dataBytes === 0) return;

@@ -143,6 +143,12 @@ export class VolumeModel {
   uuid?: string;
   /** An administrator wrote bytes at LBA 0: a disk that is neither blank nor passthru. */
   foreign = false;
+  /**
+   * Volumes an unfinished create or connect chose for this disk (the guest records its choice
+   * before the first byte): cut short, its initialization may have landed or not, so the disk
+   * may hold one of these instead of the acknowledged volume, and nothing else.
+   */
+  readonly mayHold = new Set<string>();
 
   constructor(
     readonly serial: string,
@@ -165,8 +171,13 @@ export class VolumeModel {
 
   set place(p: Place) {
     this.where = p;
-    this.history.push({ atMs: Date.now(), place: placeWords(p) });
-    if (this.history.length > 40) this.history.shift();
+    this.note(placeWords(p));
+  }
+
+  /** Something that happened to it, for the report of a failing run. */
+  note(what: string): void {
+    this.history.push({ atMs: Date.now(), place: what });
+    if (this.history.length > 60) this.history.shift();
   }
 
   private get(s: number): Content[] {

@@ -400,6 +400,14 @@ export class Worker {
       this.settleLimbo(p.key);
     }
     if (pending) {
+      // A volume the request chose (recorded before its first write) may be on its disk now, whatever becomes of the request.
+      if (pending.kind !== 'remove' && pending.volume && pending.result) {
+        const m = this.env.registry.get(pending.result.serial);
+        if (m && !m.mayHold.has(pending.volume.volumeId)) {
+          m.mayHold.add(pending.volume.volumeId);
+          m.note(`${this.vm.id} ${a.kind} #${a.id} (${a.error?.kind} ${a.error?.reason}) chose volume ${pending.volume.volumeId} for it, unfinished`);
+        }
+      }
       const was = this.expect.get(p.key);
       if (was?.kind !== 'uncertain') this.expect.set(p.key, { kind: 'uncertain', path: pending.mountPath, ...(was ? { was } : {}) });
       // A connect that stopped with the disk attached (not blank, another OS's volume): do what the error says, most of the time at once.
@@ -516,6 +524,7 @@ export class Worker {
           result = await agent.connect(req);
         } catch (err) {
           this.checkRefusal(a, err, choice.valid ? undefined : ['invalid_argument']);
+          model?.note(`${this.vm.id} connect #${a.id} at ${choice.path} failed: ${(err as { kind?: string }).kind ?? 'internal'} ${(err as { reason?: string }).reason ?? ''}`);
           // Held by this request only if the request recorded at the mount is a connect of this very LUN.
           const mine = (p: PendingRequest): boolean => p.key === key && p.kind === 'connect' && this.env.registry.find(p.lun ?? '') === model;
           if (model && key !== undefined && model.place.kind === 'available' && this.table().pending.some(mine)) {
@@ -637,10 +646,12 @@ export class Worker {
         if (known.dataBytes !== 0 && (known.dataOffset !== m.dataOffset || known.dataBytes !== m.dataBytes)) {
           this.env.ledger.violate('LAYOUT_CHANGED', `${this.vm.id} ${m.path}`, `LUN ${m.serial} was initialized with its data area at ${m.dataOffset} (+${m.dataBytes}), not ${known.dataOffset} (+${known.dataBytes}) as before`);
         }
-      } else if (known.volumeId !== null && known.volumeId !== m.volumeId) {
+      } else if (known.volumeId !== null && known.volumeId !== m.volumeId && !known.mayHold.has(m.volumeId)) {
         this.env.ledger.violate('VOLUME_REPLACED', `${this.vm.id} ${m.path}`, `connect kept volume ${m.volumeId} on LUN ${m.serial}, but the volume acknowledged on it was ${known.volumeId}`, 'lost');
       }
     }
+    model.note(`${this.vm.id} ${a.kind} #${a.id} at ${m.path}: ${m.initialized ? 'initialized' : 'kept'} volume ${m.volumeId}${result.resumed ? ' (resumed)' : ''}${result.alreadyMounted ? ' (already mounted)' : ''}`);
+    model.mayHold.clear();
     model.volumeId = m.volumeId;
     model.label = m.label;
     model.guestOs = this.vm.guestOs;
@@ -669,6 +680,7 @@ export class Worker {
         model.guestOs = null;
         model.label = null;
       }
+      model.note(`${this.vm.id} remove #${a.id} of ${result.mountPath} detached it${result.superseded ? ` (in place of ${result.superseded})` : ''}`);
       model.place = result.lunDeleted ? { kind: 'deleted' } : { kind: 'retained' };
     }
     const expected = before?.kind === 'mounted' ? before : before?.kind === 'uncertain' && before.was?.kind === 'mounted' ? before.was : undefined;
