@@ -525,6 +525,11 @@ export class Worker {
         } catch (err) {
           this.checkRefusal(a, err, choice.valid ? undefined : ['invalid_argument']);
           model?.note(`${this.vm.id} connect #${a.id} at ${choice.path} failed: ${(err as { kind?: string }).kind ?? 'internal'} ${(err as { reason?: string }).reason ?? ''}`);
+          // Only a disk that is not a readable volume of this guest's OS may be refused as such (and then forced).
+          const reason = (err as { reason?: string }).reason;
+          if (model && (reason === 'DISK_NOT_EMPTY' || reason === 'VOLUME_OF_OTHER_OS') && model.volumeId !== null && model.guestOs === this.vm.guestOs && !model.foreign && model.mayHold.size === 0) {
+            this.env.ledger.violate('VOLUME_NOT_RECOGNIZED', `${this.vm.id} connect ${choice.path}`, `${model.describe()} holds a ${model.guestOs} volume, but the guest refused it: ${(err as Error).message}`, 'lost');
+          }
           // Held by this request only if the request recorded at the mount is a connect of this very LUN.
           const mine = (p: PendingRequest): boolean => p.key === key && p.kind === 'connect' && this.env.registry.find(p.lun ?? '') === model;
           if (model && key !== undefined && model.place.kind === 'available' && this.table().pending.some(mine)) {
