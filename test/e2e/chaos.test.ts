@@ -7,6 +7,9 @@
  *
  * A failure names the first broken promise and the command that replays the run's schedule.
  */
+import { writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { expect } from 'chai';
 import { INJECTIONS } from '../../chaos/injector.js';
 import { runChaos, type ChaosReport } from '../../chaos/run.js';
@@ -14,9 +17,15 @@ import { ensureBuilt } from '../support/guest-cli.js';
 
 const SUMMARY = /^operations (\d+) attempted, (\d+) succeeded, (\d+) failed clean; (\d+) crashes, (\d+) failovers; (\d+) invariant violations, (\d+) acknowledged operations lost, (\d+) payload bytes wrong$/;
 
+/** The summary, the first broken promise and how to replay it; the whole report saved beside, for a failing run. */
 function explain(r: ChaosReport): string {
   const f = r.firstBrokenPromise;
-  return `${r.summary}\n${f ? `first broken promise at ${(f.atMs / 1000).toFixed(1)} s: ${f.kind} ${f.subject}: ${f.description}\n` : ''}replay: ${r.replay} --keep\n${r.violations
+  let saved = '';
+  if (!r.ok) {
+    saved = join(tmpdir(), `chaos-test-${r.seed}-${Date.now()}.json`);
+    writeFileSync(saved, JSON.stringify(r, null, 2));
+  }
+  return `${r.summary}\n${saved ? `report: ${saved}\n` : ''}${f ? `first broken promise at ${(f.atMs / 1000).toFixed(1)} s: ${f.kind} ${f.subject}: ${f.description}\n` : ''}replay: ${r.replay} --keep\n${r.violations
     .slice(0, 10)
     .map((v) => `  ${v.kind} ${v.subject}: ${v.description}`)
     .join('\n')}`;
