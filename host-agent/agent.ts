@@ -55,6 +55,8 @@ export const MAX_DISK_BYTES = 16 * 1024 ** 4;
 const MAX_REQUEST_ID = 128;
 /** Request ids are kept at least this long (DESIGN.md says 24 hours). */
 export const REQUEST_RETENTION_MS = 48 * 3600_000;
+/** How long after a create or add failed a command it sent may still reach the array (a slow array runs what it received). */
+const LATE_COMMAND_WINDOW_MS = 10 * 60_000;
 
 export type Scope = { vmId: string } | 'admin';
 const scopeKey = (s: Scope): string => (s === 'admin' ? 'admin' : `vm:${s.vmId}`);
@@ -214,13 +216,15 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
   /** Settles the journal (back before the commit point, forward after); then mutations are served. */
   async recover(): Promise<number> {
     this.pruneRequests();
-    const cutShort = [...this.state.operations.values()].filter(
-      (o) => (o.kind === 'create_disk' || o.kind === 'add_available_disk') && (o.state === 'running' || o.state === 'rolling_back') && !o.committed,
-    );
     const n = await this.engine.recover();
     await this.failover.resume();
     this.serving = true;
-    if (cutShort.some((o) => this.state.operations.get(o.id)?.state === 'failed')) this.watchForLateLuns();
+    // Rolled back here or by the process before (killed before its own sweeps ran), a
+    // recent create or add may still have a command on its way to the array.
+    const recent = Date.now() - LATE_COMMAND_WINDOW_MS;
+    if ([...this.state.operations.values()].some((o) => (o.kind === 'create_disk' || o.kind === 'add_available_disk') && o.state === 'failed' && o.updateMs >= recent)) {
+      this.watchForLateLuns();
+    }
     return n;
   }
 
@@ -266,7 +270,7 @@ export class HostAgent extends EventEmitter<{ vmAdded: [VmRecord] }> {
    */
   private async sweepLateMaps(): Promise<number> {
     let swept = 0;
-    const recent = Date.now() - 10 * 60_000;
+    const recent = Date.now() - LATE_COMMAND_WINDOW_MS;
     for (const op of this.state.operations.values()) {
       const lun = op.data.lun;
       if (op.kind !== 'add_available_disk' || op.state !== 'failed' || op.updateMs < recent || !lun || op.data.lunId === undefined) continue;

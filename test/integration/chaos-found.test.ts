@@ -146,5 +146,48 @@ describe('bugs the chaos run found', function () {
         faults.close();
       }
     });
+
+    it("a MapLun of AddAvailableDisk that lands after its operation failed in a host agent that was SIGKILLed before it could sweep is swept by the next host agent", async () => {
+      dir = tempDir('passthru-late-map-');
+      const array = await startStorageSim(join(dir.path, 'array'), ['--enable-faults']);
+      procs.push(array);
+      mkdirSync(join(dir.path, 'host'));
+      const cluster = threeNodeCluster('late', 'passthru');
+      // One attempt of 1 s per array call: the held MapLun fails the operation in this process.
+      const opts = { storage: array.address, dataDir: join(dir.path, 'host'), cluster: writeClusterFile(dir.path, cluster), extra: ['--array-attempts', '1', '--array-timeout-ms', '1000'] };
+      let host = await startHostAgent(opts);
+      procs.push(host);
+      const storage = connect(StorageArrayServiceClient, array.address);
+      const faults = connect(FaultInjectionServiceClient, array.address);
+      const maps = async (): Promise<string[]> => (await storage.listLunMaps({ lun: lun!.uuid, igroup: '', pageSize: 100, pageToken: '' })).maps.map((m) => m.igroup);
+      const { lun } = await storage.createLun({ requestId: 'late-lun', path: '/vol/shared/ledger', sizeBytes: BigInt(16 * MiB), osType: OsType.OS_TYPE_LINUX, provisioning: Provisioning.PROVISIONING_THIN, comment: '', pool: '' });
+      try {
+        await faults.injectFault({ method: 'MapLun', count: 1, code: 0, message: '', delayMs: 6_000, timing: FaultTiming.FAULT_TIMING_BEFORE });
+        let admin = connect(AdminServiceClient, host.address);
+        const { operation } = await admin.addAvailableDisk({ requestId: 'late-add', lun: lun!.path });
+        const failed = (await pollUntil(() => admin.getOperation({ operationId: operation!.id }), (r) => r.operation!.state === OperationState.OPERATION_STATE_FAILED, 5_000, 'rolled back in the first process')).operation!;
+        expect(failed.error?.code, "the array did not answer in time").to.equal(Code.UNAVAILABLE);
+        admin.close();
+        // Killed with its sweep timers, before the held MapLun runs.
+        await host.kill();
+        procs.pop();
+        expect(await maps(), 'the MapLun is still held').to.deep.equal([]);
+        host = await startHostAgent(opts);
+        procs.push(host);
+        admin = connect(AdminServiceClient, host.address);
+        try {
+          const nodes = cluster.nodes.map((n) => n.name);
+          await pollUntil(maps, (igroups) => igroups.some((g) => nodes.includes(g)), 8_000, 'the late MapLun lands');
+          await pollUntil(maps, (igroups) => igroups.length === 0, 15_000, 'the late map is swept');
+          expect(host.stderr()).to.include('unmapped a late map');
+          expect((await admin.checkInvariants({})).violations).to.deep.equal([]);
+        } finally {
+          admin.close();
+        }
+      } finally {
+        storage.close();
+        faults.close();
+      }
+    });
   });
 });
