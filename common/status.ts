@@ -184,31 +184,48 @@ export function remoteStatus(err: unknown): RemoteStatus | undefined {
  */
 export function fromRemoteStatus(st: RemoteStatus, from: { source: string; reasonPrefix: string; endpoint: string; method: string }): Error {
   const name = Code[st.code] ?? String(st.code);
-  const msg = `${from.source}: ${st.details}`;
-  const reason = st.reason || `${from.reasonPrefix}_${name}`;
-  switch (st.code) {
+  if (st.code === Code.UNAVAILABLE || st.code === Code.DEADLINE_EXCEEDED) {
+    return new UnavailableError(
+      `${from.source} at ${from.endpoint} cannot be reached (${from.method}: ${st.details || name}); retry later`,
+      `${from.reasonPrefix}_UNAVAILABLE`,
+    );
+  }
+  const where = { object: `${from.source} object`, id: from.method, field: st.field || from.method, ...(st.retryAfterMs !== undefined ? { retryAfterMs: st.retryAfterMs } : {}) };
+  return (
+    domainErrorOfCode(st.code, `${from.source}: ${st.details}`, st.reason || `${from.reasonPrefix}_${name}`, where) ??
+    new ReportableError(`${from.source}: ${from.method} failed with ${name}: ${st.details || 'no details'}`, `${from.reasonPrefix}_${name}`)
+  );
+}
+
+/**
+ * The domain error a status code stands for (the inverse of statusOfKind), or undefined for
+ * a code with no domain meaning (UNAVAILABLE included: whether the peer or the path to it
+ * failed is the caller's to say). `object` and `id` name what a NOT_FOUND or ALREADY_EXISTS
+ * is about, `field` what an INVALID_ARGUMENT is about.
+ */
+export function domainErrorOfCode(
+  code: number,
+  message: string,
+  reason: string,
+  where: { object: string; id: string; field: string; retryAfterMs?: number },
+): DomainError | undefined {
+  switch (code) {
     case Code.INVALID_ARGUMENT:
-      return new InvalidArgumentError(st.field || from.method, msg, reason);
+      return new InvalidArgumentError(where.field, message, reason);
     case Code.NOT_FOUND:
-      return Object.assign(new NotFoundError(`${from.source} object`, from.method, msg), { reason });
+      return Object.assign(new NotFoundError(where.object, where.id, message), { reason });
     case Code.ALREADY_EXISTS:
-      return Object.assign(new AlreadyExistsError(`${from.source} object`, from.method, msg), { reason });
+      return Object.assign(new AlreadyExistsError(where.object, where.id, message), { reason });
     case Code.FAILED_PRECONDITION:
-      return new FailedPreconditionError(msg, reason);
+      return new FailedPreconditionError(message, reason);
     case Code.RESOURCE_EXHAUSTED:
-      return new ResourceExhaustedError(msg, reason, st.retryAfterMs);
+      return new ResourceExhaustedError(message, reason, where.retryAfterMs);
     case Code.ABORTED:
-      return new AbortedError(msg, reason);
+      return new AbortedError(message, reason);
     case Code.PERMISSION_DENIED:
-      return new PermissionDeniedError(msg, reason);
-    case Code.UNAVAILABLE:
-    case Code.DEADLINE_EXCEEDED:
-      return new UnavailableError(
-        `${from.source} at ${from.endpoint} cannot be reached (${from.method}: ${st.details || name}); retry later`,
-        `${from.reasonPrefix}_UNAVAILABLE`,
-      );
+      return new PermissionDeniedError(message, reason);
     default:
-      return new ReportableError(`${from.source}: ${from.method} failed with ${name}: ${st.details || 'no details'}`, `${from.reasonPrefix}_${name}`);
+      return undefined;
   }
 }
 

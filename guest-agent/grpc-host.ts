@@ -7,18 +7,8 @@
  */
 import { Metadata, status as Code, type ServiceError } from '@grpc/grpc-js';
 import { connect, type PromiseClient } from '../common/client.js';
-import {
-  AbortedError,
-  AlreadyExistsError,
-  FailedPreconditionError,
-  InvalidArgumentError,
-  NotFoundError,
-  PermissionDeniedError,
-  ReportableError,
-  ResourceExhaustedError,
-  UnavailableError,
-} from '../common/errors.js';
-import { isServiceError, statusDetails } from '../common/status.js';
+import { PermissionDeniedError, ReportableError, UnavailableError } from '../common/errors.js';
+import { domainErrorOfCode, isServiceError, statusDetails } from '../common/status.js';
 import {
   DiskSharing,
   GuestOs,
@@ -49,28 +39,10 @@ import type { SimulatedHardware } from './sim-os.js';
 
 /** The domain error a status stands for, with the host's message unchanged. */
 export function errorOfStatus(code: number, message: string, reason: string, field = ''): Error {
-  switch (code) {
-    case Code.INVALID_ARGUMENT:
-      return new InvalidArgumentError(field, message, reason);
-    case Code.NOT_FOUND:
-      return Object.assign(new NotFoundError('host object', field, message), { reason });
-    case Code.ALREADY_EXISTS:
-      return Object.assign(new AlreadyExistsError('host object', field, message), { reason });
-    case Code.FAILED_PRECONDITION:
-      return new FailedPreconditionError(message, reason);
-    case Code.RESOURCE_EXHAUSTED:
-      return new ResourceExhaustedError(message, reason);
-    case Code.ABORTED:
-      return new AbortedError(message, reason);
-    case Code.PERMISSION_DENIED:
-    case Code.UNAUTHENTICATED:
-      return new PermissionDeniedError(message, reason);
-    case Code.UNAVAILABLE:
-    case Code.DEADLINE_EXCEEDED:
-      return new UnavailableError(message, reason);
-    default:
-      return new ReportableError(`${Code[code] ?? `status ${code}`}: ${message}`, reason);
-  }
+  if (code === Code.UNAVAILABLE || code === Code.DEADLINE_EXCEEDED) return new UnavailableError(message, reason);
+  // A guest refused for its identity is refused, whichever of the two words the host used.
+  if (code === Code.UNAUTHENTICATED) return new PermissionDeniedError(message, reason);
+  return domainErrorOfCode(code, message, reason, { object: 'host object', id: field, field }) ?? new ReportableError(`${Code[code] ?? `status ${code}`}: ${message}`, reason);
 }
 
 /** A connection that failed or broke (no passthru server answered): grpc-js's own words. */
