@@ -50,6 +50,9 @@ const isService = (err: unknown): err is ServiceError => typeof err === 'object'
 /** Errors that mean "not answered" (the process is down or restarting, a fault was injected): worth the same request again. */
 const RETRIED = new Set<number>([Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.INTERNAL, Code.UNKNOWN, Code.ABORTED, Code.CANCELLED]);
 
+/** For a call that must happen (an administrator cleaning up after itself): every refusal but a final one is tried again. */
+const ANY_ERROR = new Set<number>([...RETRIED, Code.RESOURCE_EXHAUSTED, Code.FAILED_PRECONDITION]);
+
 /** Calls until answered with something other than "try again", for up to `ms`; a request id in the call makes that safe. */
 export async function answered<T>(call: () => Promise<T>, ms = 60_000, retried: Set<number> = RETRIED): Promise<T> {
   const end = Date.now() + ms;
@@ -149,11 +152,18 @@ export class Administrators {
     model.uuid = lun.uuid;
     if (foreign) {
       await this.step('lun-prepare', `${path} (bytes at LBA 0)`, async () => {
-        await answered(() => this.c.storage.mapLun({ requestId: id('map'), lun: lun.uuid, igroup: ADMIN_IGROUP, igroups: [] }));
-        const junk = Buffer.alloc(512, 0x5a);
-        junk.write(`chaos administrator was here ${n}`);
-        await answered(() => this.c.storage.writeBlocks({ requestId: id('write'), lun: lun.uuid, initiator: ADMIN_INITIATOR, offsetBytes: 0n, data: junk }));
-        await answered(() => this.c.storage.unmapLun({ requestId: id('unmap'), lun: lun.uuid, igroup: ADMIN_IGROUP, igroups: [] }));
+        const unmap = (): Promise<unknown> => answered(() => this.c.storage.unmapLun({ requestId: id('unmap'), lun: lun.uuid, igroup: ADMIN_IGROUP, igroups: [] }), 60_000, ANY_ERROR);
+        try {
+          await answered(() => this.c.storage.mapLun({ requestId: id('map'), lun: lun.uuid, igroup: ADMIN_IGROUP, igroups: [] }));
+          const junk = Buffer.alloc(512, 0x5a);
+          junk.write(`chaos administrator was here ${n}`);
+          await answered(() => this.c.storage.writeBlocks({ requestId: id('write'), lun: lun.uuid, initiator: ADMIN_INITIATOR, offsetBytes: 0n, data: junk }));
+        } catch (err) {
+          // A MapLun may map and still fail (its reply lost): what the administrator mapped for itself it takes back, whatever failed.
+          await unmap();
+          throw err;
+        }
+        await unmap();
       });
       model.foreign = true;
     }
