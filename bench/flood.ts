@@ -21,10 +21,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { status as Code, type ServiceError } from '@grpc/grpc-js';
-import { connect, type PromiseClient } from '../common/client.js';
+import { connect } from '../common/client.js';
 import { statusDetails } from '../common/status.js';
 import { unaryClient } from '../common/unary-client.js';
-import { AdminServiceClient, DiskSharing, GuestServiceClient, GuestServiceService, OperationState, type Operation } from '../proto/gen/passthru/host/v1/host.js';
+import { AdminServiceClient, DiskSharing, GuestServiceClient, GuestServiceService } from '../proto/gen/passthru/host/v1/host.js';
+import { untilDone } from './operations.js';
 import { cpuWindow, startService, type Service } from './processes.js';
 import { closedLoop, fmt, formatTable, phaseSeconds, repoRoot, runBench, writeResults, type Measured } from './report.js';
 
@@ -61,22 +62,6 @@ async function floodChild(endpoint: string, seconds: number): Promise<void> {
   process.send!({ ...counts, seconds });
 }
 
-async function settle(g: PromiseClient<GuestServiceClient>, op: Operation | undefined): Promise<void> {
-  if (!op) throw new Error('no operation in the answer');
-  let cur = op;
-  while (cur.state !== OperationState.OPERATION_STATE_SUCCEEDED && cur.state !== OperationState.OPERATION_STATE_FAILED) {
-    const call = g.raw.watchOperation({ operationId: cur.id });
-    cur = await new Promise<Operation>((resolve, reject) => {
-      let last = cur;
-      call.on('data', (m: { operation?: Operation }) => {
-        if (m.operation) last = m.operation;
-      });
-      call.on('end', () => resolve(last));
-      call.on('error', reject);
-    });
-  }
-  if (cur.state !== OperationState.OPERATION_STATE_SUCCEEDED) throw new Error(`operation ${cur.id} failed: ${cur.error?.message}`);
-}
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -120,9 +105,9 @@ async function main(): Promise<void> {
         const g = tenants[w]!;
         const mount = `/d${w}`;
         const t0 = performance.now();
-        await settle(g, (await g.createDisk({ requestId: `${label}-${w}-${t0}`, mountPath: mount, sizeBytes: BigInt(16 * MiB), sharing: DiskSharing.DISK_SHARING_UNSPECIFIED })).operation);
+        await untilDone(g, (await g.createDisk({ requestId: `${label}-${w}-${t0}`, mountPath: mount, sizeBytes: BigInt(16 * MiB), sharing: DiskSharing.DISK_SHARING_UNSPECIFIED })).operation, `create ${mount}`);
         createLat.push(performance.now() - t0);
-        await settle(g, (await g.removeDisk({ requestId: `${label}-${w}-${t0}-rm`, mountPath: mount, deleteLun: true })).operation);
+        await untilDone(g, (await g.removeDisk({ requestId: `${label}-${w}-${t0}-rm`, mountPath: mount, deleteLun: true })).operation, `remove ${mount}`);
       });
       createLat.sort((a, b) => a - b);
       const pick = (p: number): number => createLat[Math.min(createLat.length - 1, Math.max(0, Math.ceil((p / 100) * createLat.length) - 1))]!;

@@ -50,7 +50,6 @@ import {
   GroupKind,
   GuestServiceClient,
   NodeState,
-  OperationState,
   ResourceState,
   VmState,
   type FailNodeResponse,
@@ -58,9 +57,9 @@ import {
   type Operation,
   type ScsiAddress,
   type Violation,
-  type WatchOperationResponse,
 } from '../proto/gen/passthru/host/v1/host.js';
 import { StorageArrayServiceClient } from '../proto/gen/passthru/storage/v1/storage.js';
+import { annotate, untilDone } from './operations.js';
 import { cpuWindow, startService, type Service } from './processes.js';
 import { closedLoop, fmt, formatTable, percentile, repoRoot, writeResults, type Measured, usageError, phaseSeconds, runBench } from './report.js';
 
@@ -88,8 +87,6 @@ const POLL_GAP_MS = 2;
 const FAILOVER_TIMEOUT_MS = 60_000;
 /** Bytes written (and read back) to each disk to show it is writable after a move. */
 const PROBE_BYTES = 4 * KiB;
-/** Longest a single create may take before the run fails. */
-const OP_TIMEOUT_MS = 120_000;
 /** SIGTERM, then SIGKILL after this long. */
 
 const PHASES = ['write-1m', 'read-1m', 'write-4k', 'read-4k', 'failover'] as const;
@@ -154,14 +151,6 @@ function mountPathFor(os: GuestOsName, n: number): string {
   return os === 'windows' ? `C:\\d${n}` : `/mnt/d${n}`;
 }
 
-function isFinal(state: OperationState): boolean {
-  return state === OperationState.OPERATION_STATE_SUCCEEDED || state === OperationState.OPERATION_STATE_FAILED;
-}
-
-function annotate(what: string, err: unknown): Error {
-  const e = err instanceof Error ? err : new Error(String(err));
-  return new Error(`${what}: ${e.message}`, { cause: e });
-}
 
 function isServiceError(err: unknown): err is ServiceError {
   return err instanceof Error && typeof (err as Partial<ServiceError>).code === 'number';
@@ -177,54 +166,6 @@ function errText(err: unknown): string {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-/**
- * Resolves once the operation is SUCCEEDED as WatchOperation reports it; throws with its
- * error once FAILED, or when the stream ends or breaks before a final state.
- */
-function untilDone(guest: PromiseClient<GuestServiceClient>, first: Operation | undefined, what: string): Promise<Operation> {
-  if (!first) return Promise.reject(new Error(`${what}: the answer carried no operation`));
-  const settle = (op: Operation): Operation => {
-    if (op.state === OperationState.OPERATION_STATE_SUCCEEDED) return op;
-    const code = op.error ? (GrpcStatus[op.error.code] ?? String(op.error.code)) : 'no status';
-    throw new Error(`${what}: operation ${op.id} FAILED (${code}): ${op.error?.message ?? '(no message)'}`);
-  };
-  if (isFinal(first.state)) return Promise.resolve().then(() => settle(first));
-  return new Promise<Operation>((resolve, reject) => {
-    const call = guest.raw.watchOperation({ operationId: first.id }, { deadline: Date.now() + OP_TIMEOUT_MS });
-    let last = first;
-    let done = false;
-    let ended = false;
-    call.on('data', (msg: WatchOperationResponse) => {
-      if (done) return;
-      if (msg.operation) last = msg.operation;
-      if (!isFinal(last.state)) return;
-      done = true;
-      try {
-        resolve(settle(last));
-      } catch (err) {
-        reject(err);
-      }
-      // The contract ends the stream after the final state; do not leave one open if it does not.
-      setTimeout(() => {
-        if (!ended) call.cancel();
-      }, 2_000).unref();
-    });
-    // Always listened to, so a late error (e.g. the cancel above) is never unhandled.
-    call.on('error', (err: ServiceError) => {
-      ended = true;
-      if (done) return;
-      done = true;
-      reject(annotate(`${what}: WatchOperation ${first.id}`, err));
-    });
-    call.on('end', () => {
-      ended = true;
-      if (done) return;
-      done = true;
-      reject(new Error(`${what}: WatchOperation ${first.id} ended with the operation still ${OperationState[last.state]}`));
-    });
-  });
-}
 
 /** Runs `fn` over `items`, `concurrency` at a time. */
 async function eachLimit<T>(items: T[], concurrency: number, fn: (item: T, i: number) => Promise<void>): Promise<void> {

@@ -44,7 +44,6 @@ import { spawn } from 'node:child_process';
 import { cpus, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
 import { connect, type PromiseClient } from '../common/client.js';
 import { DiagnosticsServiceClient } from '../proto/gen/passthru/diag/v1/diag.js';
 import {
@@ -52,10 +51,9 @@ import {
   DiskSharing,
   GuestServiceClient,
   OperationState,
-  type Operation,
   type Violation,
-  type WatchOperationResponse,
 } from '../proto/gen/passthru/host/v1/host.js';
+import { annotate, newWatchStats, untilDone } from './operations.js';
 import { cpuWindow, startService, type Service } from './processes.js';
 import { closedLoop, fmt, formatTable, percentile, repoRoot, writeResults, type Measured, usageError, phaseSeconds, runBench } from './report.js';
 
@@ -102,11 +100,6 @@ const JOURNAL_OPS = 10_000;
 /** Restarts timed (the median is the figure), and `node -e 0` runs beside them. */
 const STARTUP_RUNS = 3;
 const NODE_RUNS = 5;
-/** Longest a single create or remove may take before the run fails. */
-const OP_TIMEOUT_MS = 120_000;
-/** SIGTERM, then SIGKILL after this long. */
-/** A Watch stream the server has not ended this long after its final message is cancelled (and counted). */
-const WATCH_END_GRACE_MS = 2_000;
 
 const PHASES = ['ping', 'provision-10', 'provision-4000', 'startup'] as const;
 type Phase = (typeof PHASES)[number];
@@ -191,83 +184,8 @@ function mountPathFor(os: GuestOsName, n: number): string {
   return os === 'windows' ? `C:\\d${n}` : `/mnt/d${n}`;
 }
 
-function isFinal(state: OperationState): boolean {
-  return state === OperationState.OPERATION_STATE_SUCCEEDED || state === OperationState.OPERATION_STATE_FAILED;
-}
-
-function annotate(what: string, err: unknown): Error {
-  const e = err instanceof Error ? err : new Error(String(err));
-  return new Error(`${what}: ${e.message}`, { cause: e });
-}
-
-/** Counters of the wire contract's behaviour, reported in the JSON. */
-const watchStats = {
-  /** Operations already final in the CreateDisk/RemoveDisk answer (no Watch needed). */
-  finalAtOnce: 0,
-  streams: 0,
-  /** Streams the server had not ended WATCH_END_GRACE_MS after their final message (cancelled here). */
-  notEndedByServer: 0,
-  /** Streams past their final message and not yet ended (read when the run is over). */
-  awaitingEnd: 0,
-};
-
-/**
- * Resolves once the operation is SUCCEEDED as WatchOperation reports it; throws with its
- * error once FAILED, or when the stream ends or breaks before a final state.
- */
-function untilDone(vm: GuestVm, first: Operation | undefined, what: string): Promise<Operation> {
-  if (!first) return Promise.reject(new Error(`${what}: the answer carried no operation`));
-  const settle = (op: Operation): Operation => {
-    if (op.state === OperationState.OPERATION_STATE_SUCCEEDED) return op;
-    const code = op.error ? (GrpcStatus[op.error.code] ?? String(op.error.code)) : 'no status';
-    throw new Error(`${what}: operation ${op.id} FAILED (${code}): ${op.error?.message ?? '(no message)'}`);
-  };
-  if (isFinal(first.state)) {
-    watchStats.finalAtOnce++;
-    return Promise.resolve().then(() => settle(first));
-  }
-  watchStats.streams++;
-  return new Promise<Operation>((resolve, reject) => {
-    const call = vm.guest.raw.watchOperation({ operationId: first.id }, { deadline: Date.now() + OP_TIMEOUT_MS });
-    let last = first;
-    let done = false;
-    let ended = false;
-    call.on('data', (msg: WatchOperationResponse) => {
-      if (done) return;
-      if (msg.operation) last = msg.operation;
-      if (!isFinal(last.state)) return;
-      done = true;
-      watchStats.awaitingEnd++;
-      try {
-        resolve(settle(last));
-      } catch (err) {
-        reject(err);
-      }
-      // The contract ends the stream after the final state; do not leave one open if it does not.
-      setTimeout(() => {
-        if (!ended) {
-          watchStats.notEndedByServer++;
-          call.cancel();
-        }
-      }, WATCH_END_GRACE_MS).unref();
-    });
-    // Always listened to, so a late error (e.g. the cancel above) is never unhandled.
-    call.on('error', (err: ServiceError) => {
-      if (done && !ended) watchStats.awaitingEnd--;
-      ended = true;
-      if (done) return;
-      done = true;
-      reject(annotate(`${what}: WatchOperation ${first.id}`, err));
-    });
-    call.on('end', () => {
-      if (done && !ended) watchStats.awaitingEnd--;
-      ended = true;
-      if (done) return;
-      done = true;
-      reject(new Error(`${what}: WatchOperation ${first.id} ended with the operation still ${OperationState[last.state]}`));
-    });
-  });
-}
+/** How the WatchOperation streams behaved, reported in the JSON. */
+const watchStats = newWatchStats();
 
 // ---------------------------------------------------------------- the benchmark
 
@@ -414,7 +332,7 @@ async function main(): Promise<void> {
       } catch (err) {
         throw annotate(what, err);
       }
-      await untilDone(vm, res.operation, what);
+      await untilDone(vm.guest, res.operation, what, watchStats);
       const ms = performance.now() - t0;
       finishedOps++;
       return ms;
@@ -429,7 +347,7 @@ async function main(): Promise<void> {
       } catch (err) {
         throw annotate(what, err);
       }
-      await untilDone(vm, res.operation, what);
+      await untilDone(vm.guest, res.operation, what, watchStats);
       const ms = performance.now() - t0;
       finishedOps++;
       return ms;
