@@ -19,7 +19,8 @@ import { requireRole, ROLES, type PeerIdentity } from '../common/identity.js';
 import type { CallHooks } from '../common/rpc.js';
 import { parseInitiator } from './rules.js';
 
-const READS: ReadonlySet<string> = new Set([
+/** StorageArrayService calls that change nothing (any role may make them). */
+export const READS: ReadonlySet<string> = new Set([
   'GetArray',
   'ListPools',
   'GetLun',

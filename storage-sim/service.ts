@@ -23,6 +23,7 @@ import {
   type LunMap,
   type Pool,
 } from '../proto/gen/passthru/storage/v1/storage.js';
+import { READS } from './access.js';
 import type { StorageArray } from './array.js';
 import type { Fault, FaultPlan, FaultTiming as DomainTiming } from './faults.js';
 import type { IgroupView, LunMapView, LunState, LunView, PoolView, ReservationType } from './model.js';
@@ -59,20 +60,7 @@ export const faultTimings = new EnumCodec<DomainTiming>('timing', [
 ]);
 
 /** Reads and block I/O log at debug; every mutation logs at info. */
-const QUIET = new Set([
-  'GetArray',
-  'ListPools',
-  'GetLun',
-  'ListLuns',
-  'GetIgroup',
-  'ListIgroups',
-  'ListLunMaps',
-  'ReadBlocks',
-  'WriteBlocks',
-  'ReadReservationKeys',
-  'ReadReservation',
-  'ListFaults',
-]);
+const QUIET = new Set([...READS, 'ReadBlocks', 'WriteBlocks', 'ListFaults']);
 
 export const ARRAY_METHODS: ReadonlySet<string> = new Set(
   Object.values(StorageArrayServiceService).map((d) => d.path.slice(d.path.lastIndexOf('/') + 1)),
