@@ -18,6 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Administrators, answered, clients, type Clients } from './admin.js';
 import { OsType, Provisioning } from '../proto/gen/passthru/storage/v1/storage.js';
+import { lunFilePath } from '../storage-sim/lun-data.js';
 import { clusterFile, vmSpecs, VOLUME } from './cluster.js';
 import { Injector, schedule, type Scheduled } from './injector.js';
 import { Ledger, type Attempt, type TimelineEvent, type Violation } from './ledger.js';
@@ -119,7 +120,7 @@ async function sabotage(c: Clients, workers: Worker[], arrayDir: string, ledger:
   const { model } = written.e;
   const lun = (await answered(() => c.storage.getLun({ lun: model.serial }))).lun!;
   const first = model.rangesToVerify()[0]!;
-  const fd = openSync(join(arrayDir, 'luns', `${lun.uuid}.img`), 'r+');
+  const fd = openSync(lunFilePath(arrayDir, lun.uuid), 'r+');
   try {
     writeSync(fd, Buffer.alloc(16, 0xee), 0, 16, model.dataOffset + first.start);
   } finally {

@@ -16,10 +16,11 @@
  * backing files: their volume and acknowledged bytes must be there too.
  */
 import { closeSync, openSync, readSync } from 'node:fs';
-import { join } from 'node:path';
+import { allPages } from '../common/cli.js';
 import { parseDiskLayout } from '../guest-agent/layout.js';
 import { GroupKind, OperationState, ResourceState, type Disk, type Operation } from '../proto/gen/passthru/host/v1/host.js';
 import type { Lun, LunMap } from '../proto/gen/passthru/storage/v1/storage.js';
+import { lunFilePath } from '../storage-sim/lun-data.js';
 import { ADMIN_VOLUME, answered, type Clients } from './admin.js';
 import { NODES, VOLUME } from './cluster.js';
 import type { Ledger } from './ledger.js';
@@ -44,23 +45,12 @@ export interface Verified {
   lunsReadFromArray: number;
 }
 
-async function allPages<T>(page: (token: string) => Promise<{ items: T[]; next: string }>): Promise<T[]> {
-  const out: T[] = [];
-  let token = '';
-  do {
-    const r = await page(token);
-    out.push(...r.items);
-    token = r.next;
-  } while (token !== '');
-  return out;
-}
-
 /** Bytes [offset, offset + length) of a LUN's backing file (zeros past its end or without one: never written). */
 function readLunFile(arrayDir: string, uuid: string, offset: number, length: number): Buffer {
   const out = Buffer.alloc(length);
   let fd: number;
   try {
-    fd = openSync(join(arrayDir, 'luns', `${uuid}.img`), 'r');
+    fd = openSync(lunFilePath(arrayDir, uuid), 'r');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return out;
     throw err;

@@ -7,7 +7,12 @@
  * array acknowledges them, so they survive kill -9 of the process (not a power loss: README).
  */
 import { closeSync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, statSync, unlinkSync, writeSync, constants } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+
+/** The backing file of a LUN on an array with this data dir (a tool may read it as a disk image). */
+export function lunFilePath(dataDir: string, uuid: string): string {
+  return join(dataDir, 'luns', `${uuid}.img`);
+}
 
 /** Descriptors kept open; older ones are closed (LRU) so thousands of LUNs fit any ulimit. */
 const OPEN_FILES = 256;
@@ -16,13 +21,13 @@ export class LunDataFiles {
   readonly dir: string;
   private readonly fds = new Map<string, number>();
 
-  constructor(dataDir: string) {
-    this.dir = join(dataDir, 'luns');
+  constructor(private readonly dataDir: string) {
+    this.dir = dirname(lunFilePath(dataDir, ''));
     mkdirSync(this.dir, { recursive: true });
   }
 
   pathOf(uuid: string): string {
-    return join(this.dir, `${uuid}.img`);
+    return lunFilePath(this.dataDir, uuid);
   }
 
   /**
