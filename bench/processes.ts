@@ -17,6 +17,8 @@ export interface Service {
   /** ms from spawn() to the "serving on" line on stdout. */
   startMs: number;
   logFile: string;
+  /** Resolves when the process has exited, however it ended. */
+  exited: Promise<void>;
   /** SIGTERM, SIGKILL after STOP_GRACE_MS, and wait for the exit. */
   stop(): Promise<{ ms: number; killed: boolean }>;
 }
@@ -63,6 +65,7 @@ export async function startService(name: string, script: string, args: string[],
     address,
     startMs,
     logFile,
+    exited,
     stop: async () => {
       const s0 = performance.now();
       let killed = false;

@@ -5,8 +5,8 @@
  * their JSON logs appended to a file in the run's directory. Killed with SIGKILL by PID,
  * never by name.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync, readFileSync } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { startService } from '../bench/processes.js';
 export { repoRoot } from '../bench/report.js';
 export { freePort } from '../test/support/host-process.js';
 
@@ -20,7 +20,7 @@ export interface Running {
 
 /**
  * A service that can be started, SIGKILLed and started again with the same arguments. Its
- * stderr (JSON log lines) and stdout go to `logFile`.
+ * stderr (JSON log lines) is appended to `logFile`.
  */
 export class Service {
   private current?: Running;
@@ -47,39 +47,8 @@ export class Service {
   async start(): Promise<Running> {
     if (this.running) throw new Error(`${this.name} runs already (pid ${this.pid})`);
     this.starts++;
-    const log = openSync(this.logFile, 'a');
-    const child = spawn(process.execPath, [this.script, ...this.args], { stdio: ['ignore', 'pipe', log] });
-    closeSync(log);
-    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-    const address = await new Promise<string>((resolve, reject) => {
-      let out = '';
-      const tail = (): string => {
-        try {
-          return readFileSync(this.logFile, 'utf8').split('\n').slice(-15).join('\n');
-        } catch {
-          return '';
-        }
-      };
-      const timer = setTimeout(() => {
-        child.kill('SIGKILL');
-        reject(new Error(`${this.name} did not print "serving on" within ${this.startTimeoutMs} ms; its log ends:\n${tail()}`));
-      }, this.startTimeoutMs);
-      const early = (code: number | null, signal: NodeJS.Signals | null): void => {
-        clearTimeout(timer);
-        reject(new Error(`${this.name} exited (${signal ?? code}) before serving; its log ends:\n${tail()}`));
-      };
-      child.once('exit', early);
-      child.stdout!.on('data', (d: Buffer) => {
-        out += d.toString();
-        const m = /serving on (\S+)/.exec(out);
-        if (!m) return;
-        clearTimeout(timer);
-        child.off('exit', early);
-        out = '';
-        resolve(m[1]!);
-      });
-    });
-    this.current = { child, pid: child.pid!, address, exited };
+    const { child, pid, address, exited } = await startService(this.name, this.script, this.args, this.logFile, this.startTimeoutMs);
+    this.current = { child, pid, address, exited };
     return this.current;
   }
 
