@@ -8,7 +8,7 @@ import { expect } from 'chai';
 import { statusDetails } from '../../common/status.js';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { connect } from '../../common/client.js';
+import { connect, type PromiseClient } from '../../common/client.js';
 import { GrpcHostLink } from '../../guest-agent/grpc-host.js';
 import { AdminServiceClient, DiskSharing, OperationState, StepState } from '../../proto/gen/passthru/host/v1/host.js';
 import { FaultInjectionServiceClient, FaultTiming, OsType, Provisioning, StorageArrayServiceClient } from '../../proto/gen/passthru/storage/v1/storage.js';
@@ -97,97 +97,86 @@ describe('bugs the chaos run found', function () {
   describe('with real processes, the host agent SIGKILLed', () => {
     let dir: ReturnType<typeof tempDir>;
     const procs: ServiceProcess[] = [];
+    const clients: { close(): void }[] = [];
     afterEach(async () => {
+      for (const c of clients.splice(0)) c.close();
       for (const p of procs.splice(0)) await p.kill();
       dir?.remove();
     });
 
-    it("a MapLun of AddAvailableDisk that reaches the array after its operation was rolled back (the host agent killed meanwhile) leaves no map behind: it is swept", async () => {
+    /**
+     * storage-sim (faults on) and a host agent process on a three-node cluster, a LUN of the
+     * administrator's on the array, and the next MapLun held `holdMs` by the array before it
+     * runs it, whoever is still waiting by then.
+     */
+    async function lateMapRig(lunPath: string, holdMs: number, extra: string[] = []) {
       dir = tempDir('passthru-late-map-');
       const array = await startStorageSim(join(dir.path, 'array'), ['--enable-faults']);
       procs.push(array);
       mkdirSync(join(dir.path, 'host'));
       const cluster = threeNodeCluster('late', 'passthru');
-      const opts = { storage: array.address, dataDir: join(dir.path, 'host'), cluster: writeClusterFile(dir.path, cluster) };
-      let host = await startHostAgent(opts);
-      procs.push(host);
+      const opts = { storage: array.address, dataDir: join(dir.path, 'host'), cluster: writeClusterFile(dir.path, cluster), extra };
+      procs.push(await startHostAgent(opts));
       const storage = connect(StorageArrayServiceClient, array.address);
       const faults = connect(FaultInjectionServiceClient, array.address);
-      try {
-        const { lun } = await storage.createLun({ requestId: 'late-lun', path: '/vol/shared/reports', sizeBytes: BigInt(16 * MiB), osType: OsType.OS_TYPE_LINUX, provisioning: Provisioning.PROVISIONING_THIN, comment: '', pool: '' });
-        // The array holds the MapLun for 4 s before it runs it, whoever is still waiting by then.
-        await faults.injectFault({ method: 'MapLun', count: 1, code: 0, message: '', delayMs: 4_000, timing: FaultTiming.FAULT_TIMING_BEFORE });
-        let admin = connect(AdminServiceClient, host.address);
-        const { operation } = await admin.addAvailableDisk({ requestId: 'late-add', lun: lun!.path });
-        await pollUntil(() => admin.getOperation({ operationId: operation!.id }), (r) => r.operation!.steps.find((x) => x.name === 'lun.map')?.state === StepState.STEP_STATE_RUNNING, 5_000, 'lun.map under way');
-        admin.close();
-        await host.kill();
-        procs.pop();
-        // Recovery rolls the operation back (unmapping what is not mapped yet); the held MapLun lands after that.
-        host = await startHostAgent(opts);
-        procs.push(host);
-        admin = connect(AdminServiceClient, host.address);
-        try {
-          const op = (await pollUntil(() => admin.getOperation({ operationId: operation!.id }), (r) => r.operation!.state === OperationState.OPERATION_STATE_FAILED, 10_000, 'rolled back')).operation!;
-          expect(op.error?.code).to.equal(Code.ABORTED);
-          const nodes = cluster.nodes.map((n) => n.name);
-          await pollUntil(() => storage.listLunMaps({ lun: lun!.uuid, igroup: '', pageSize: 100, pageToken: '' }), (r) => r.maps.some((m) => nodes.includes(m.igroup)), 8_000, 'the late MapLun lands');
-          await pollUntil(() => storage.listLunMaps({ lun: lun!.uuid, igroup: '', pageSize: 100, pageToken: '' }), (r) => r.maps.length === 0, 15_000, 'the late map is swept');
-          expect(host.stderr()).to.include('unmapped a late map');
+      clients.push(storage, faults);
+      const { lun } = await storage.createLun({ requestId: 'late-lun', path: lunPath, sizeBytes: BigInt(16 * MiB), osType: OsType.OS_TYPE_LINUX, provisioning: Provisioning.PROVISIONING_THIN, comment: '', pool: '' });
+      await faults.injectFault({ method: 'MapLun', count: 1, code: 0, message: '', delayMs: holdMs, timing: FaultTiming.FAULT_TIMING_BEFORE });
+      const nodes = cluster.nodes.map((n) => n.name);
+      return {
+        lun: lun!,
+        host: (): ServiceProcess => procs.at(-1)!,
+        /** The igroups the LUN is mapped to now. */
+        maps: async (): Promise<string[]> => (await storage.listLunMaps({ lun: lun!.uuid, igroup: '', pageSize: 100, pageToken: '' })).maps.map((m) => m.igroup),
+        /** A new host agent on the same data dir, after a SIGKILL of the one running (and `meanwhile`, between the two). */
+        async restartHost(meanwhile?: () => Promise<void>): Promise<ServiceProcess> {
+          await procs.pop()!.kill();
+          await meanwhile?.();
+          procs.push(await startHostAgent(opts));
+          return procs.at(-1)!;
+        },
+        /** The held MapLun lands on the nodes, then the host agent running now unmaps it; nothing else is out of place. */
+        async expectLateMapSwept(admin: PromiseClient<AdminServiceClient>): Promise<void> {
+          await pollUntil(this.maps, (igroups) => igroups.some((g) => nodes.includes(g)), 8_000, 'the late MapLun lands');
+          await pollUntil(this.maps, (igroups) => igroups.length === 0, 15_000, 'the late map is swept');
+          expect(this.host().stderr()).to.include('unmapped a late map');
           expect((await admin.checkInvariants({})).violations).to.deep.equal([]);
-          // The LUN is the administrator's again, unmapped: adding it once more works.
-          const again = await admin.addAvailableDisk({ requestId: 'late-add-2', lun: lun!.path });
-          expect((await pollUntil(() => admin.getOperation({ operationId: again.operation!.id }), (r) => r.operation!.state === OperationState.OPERATION_STATE_SUCCEEDED || r.operation!.state === OperationState.OPERATION_STATE_FAILED, 10_000, 'added')).operation!.state).to.equal(OperationState.OPERATION_STATE_SUCCEEDED);
-        } finally {
-          admin.close();
-        }
-      } finally {
-        storage.close();
-        faults.close();
-      }
+        },
+      };
+    }
+
+    it("a MapLun of AddAvailableDisk that reaches the array after its operation was rolled back (the host agent killed meanwhile) leaves no map behind: it is swept", async () => {
+      const rig = await lateMapRig('/vol/shared/reports', 4_000);
+      const first = connect(AdminServiceClient, rig.host().address);
+      const { operation } = await first.addAvailableDisk({ requestId: 'late-add', lun: rig.lun.path });
+      await pollUntil(() => first.getOperation({ operationId: operation!.id }), (r) => r.operation!.steps.find((x) => x.name === 'lun.map')?.state === StepState.STEP_STATE_RUNNING, 5_000, 'lun.map under way');
+      first.close();
+      // Recovery rolls the operation back (unmapping what is not mapped yet); the held MapLun lands after that.
+      const admin = connect(AdminServiceClient, (await rig.restartHost()).address);
+      clients.push(admin);
+      const op = (await pollUntil(() => admin.getOperation({ operationId: operation!.id }), (r) => r.operation!.state === OperationState.OPERATION_STATE_FAILED, 10_000, 'rolled back')).operation!;
+      expect(op.error?.code).to.equal(Code.ABORTED);
+      await rig.expectLateMapSwept(admin);
+      // The LUN is the administrator's again, unmapped: adding it once more works.
+      const again = await admin.addAvailableDisk({ requestId: 'late-add-2', lun: rig.lun.path });
+      expect((await pollUntil(() => admin.getOperation({ operationId: again.operation!.id }), (r) => r.operation!.state === OperationState.OPERATION_STATE_SUCCEEDED || r.operation!.state === OperationState.OPERATION_STATE_FAILED, 10_000, 'added')).operation!.state).to.equal(OperationState.OPERATION_STATE_SUCCEEDED);
     });
 
     it("a MapLun of AddAvailableDisk that lands after its operation failed in a host agent that was SIGKILLed before it could sweep is swept by the next host agent", async () => {
-      dir = tempDir('passthru-late-map-');
-      const array = await startStorageSim(join(dir.path, 'array'), ['--enable-faults']);
-      procs.push(array);
-      mkdirSync(join(dir.path, 'host'));
-      const cluster = threeNodeCluster('late', 'passthru');
       // One attempt of 1 s per array call: the held MapLun fails the operation in this process.
-      const opts = { storage: array.address, dataDir: join(dir.path, 'host'), cluster: writeClusterFile(dir.path, cluster), extra: ['--array-attempts', '1', '--array-timeout-ms', '1000'] };
-      let host = await startHostAgent(opts);
-      procs.push(host);
-      const storage = connect(StorageArrayServiceClient, array.address);
-      const faults = connect(FaultInjectionServiceClient, array.address);
-      const maps = async (): Promise<string[]> => (await storage.listLunMaps({ lun: lun!.uuid, igroup: '', pageSize: 100, pageToken: '' })).maps.map((m) => m.igroup);
-      const { lun } = await storage.createLun({ requestId: 'late-lun', path: '/vol/shared/ledger', sizeBytes: BigInt(16 * MiB), osType: OsType.OS_TYPE_LINUX, provisioning: Provisioning.PROVISIONING_THIN, comment: '', pool: '' });
-      try {
-        await faults.injectFault({ method: 'MapLun', count: 1, code: 0, message: '', delayMs: 6_000, timing: FaultTiming.FAULT_TIMING_BEFORE });
-        let admin = connect(AdminServiceClient, host.address);
-        const { operation } = await admin.addAvailableDisk({ requestId: 'late-add', lun: lun!.path });
-        const failed = (await pollUntil(() => admin.getOperation({ operationId: operation!.id }), (r) => r.operation!.state === OperationState.OPERATION_STATE_FAILED, 5_000, 'rolled back in the first process')).operation!;
-        expect(failed.error?.code, "the array did not answer in time").to.equal(Code.UNAVAILABLE);
-        admin.close();
-        // Killed with its sweep timers, before the held MapLun runs.
-        await host.kill();
-        procs.pop();
-        expect(await maps(), 'the MapLun is still held').to.deep.equal([]);
-        host = await startHostAgent(opts);
-        procs.push(host);
-        admin = connect(AdminServiceClient, host.address);
-        try {
-          const nodes = cluster.nodes.map((n) => n.name);
-          await pollUntil(maps, (igroups) => igroups.some((g) => nodes.includes(g)), 8_000, 'the late MapLun lands');
-          await pollUntil(maps, (igroups) => igroups.length === 0, 15_000, 'the late map is swept');
-          expect(host.stderr()).to.include('unmapped a late map');
-          expect((await admin.checkInvariants({})).violations).to.deep.equal([]);
-        } finally {
-          admin.close();
-        }
-      } finally {
-        storage.close();
-        faults.close();
-      }
+      const rig = await lateMapRig('/vol/shared/ledger', 6_000, ['--array-attempts', '1', '--array-timeout-ms', '1000']);
+      const first = connect(AdminServiceClient, rig.host().address);
+      const { operation } = await first.addAvailableDisk({ requestId: 'late-add', lun: rig.lun.path });
+      const failed = (await pollUntil(() => first.getOperation({ operationId: operation!.id }), (r) => r.operation!.state === OperationState.OPERATION_STATE_FAILED, 5_000, 'rolled back in the first process')).operation!;
+      expect(failed.error?.code, 'the array did not answer in time').to.equal(Code.UNAVAILABLE);
+      first.close();
+      // Killed with its sweep timers, before the held MapLun runs.
+      const host = await rig.restartHost(async () => {
+        expect(await rig.maps(), 'the MapLun is still held').to.deep.equal([]);
+      });
+      const admin = connect(AdminServiceClient, host.address);
+      clients.push(admin);
+      await rig.expectLateMapSwept(admin);
     });
   });
 });
