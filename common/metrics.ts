@@ -5,7 +5,7 @@
  */
 import { createServer, type Server } from 'node:http';
 import { Counter, Histogram, Registry } from 'prom-client';
-import { InvalidArgumentError } from './errors.js';
+import { listenTcp, parseListen } from './listen.js';
 import type { Logger } from './logging.js';
 
 /** Seconds, from a fast local call to a slow workflow step or a call held by a fault. */
@@ -51,10 +51,8 @@ export interface MetricsEndpoint {
 }
 
 /** Serves `GET /metrics` (Prometheus text format) on host:port; port 0 picks a free one. */
-export function serveMetrics(listen: string, registry: Registry, logger: Logger): Promise<MetricsEndpoint> {
-  const m = /^(.*):(\d+)$/.exec(listen);
-  if (!m) return Promise.reject(new InvalidArgumentError('metrics-listen', `--metrics-listen ${listen} is not host:port`));
-  const host = m[1]!.replace(/^\[(.*)\]$/, '$1');
+export async function serveMetrics(listen: string, registry: Registry, logger: Logger): Promise<MetricsEndpoint> {
+  const at = parseListen('metrics-listen', listen);
   const server: Server = createServer((req, res) => {
     if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('only GET /metrics is served here\n');
@@ -68,21 +66,14 @@ export function serveMetrics(listen: string, registry: Registry, logger: Logger)
       },
     );
   });
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(Number(m[2]), host, () => {
-      server.off('error', reject);
-      const a = server.address() as { address: string; port: number };
-      const address = `${a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}`;
-      logger.info('metrics listening', { address });
-      resolve({
-        address,
-        close: () =>
-          new Promise<void>((done) => {
-            server.close(() => done());
-            server.closeAllConnections();
-          }),
-      });
-    });
-  });
+  const { address } = await listenTcp(server, at);
+  logger.info('metrics listening', { address });
+  return {
+    address,
+    close: () =>
+      new Promise<void>((done) => {
+        server.close(() => done());
+        server.closeAllConnections();
+      }),
+  };
 }

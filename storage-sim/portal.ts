@@ -23,6 +23,7 @@ import { FailedPreconditionError, InvalidArgumentError, isDomainError } from '..
 import { identityOfCertificate, type PeerIdentity } from '../common/identity.js';
 import type { Logger } from '../common/logging.js';
 import { statusOfKind } from '../common/status.js';
+import { listenTcp, parseListen } from '../common/listen.js';
 import type { TlsMaterial } from '../common/tls.js';
 import { ownInitiator } from './access.js';
 import type { StorageArray } from './array.js';
@@ -196,10 +197,8 @@ class Session {
  * Listens on `listen` (host:port; port 0 picks a free one). With `tls`, sessions are TLS with
  * a client certificate the CA signed required, and each logs in only as its node's initiator.
  */
-export function startPortal(opts: { listen: string; array: StorageArray; faults: FaultPlan; logger: Logger; metrics?: PortalMetrics; tls?: TlsMaterial }): Promise<RunningPortal> {
-  const m = /^(.*):(\d+)$/.exec(opts.listen);
-  if (!m) return Promise.reject(new InvalidArgumentError('portal-listen', `--portal-listen ${opts.listen} is not host:port`));
-  const host = m[1]!.replace(/^\[(.*)\]$/, '$1');
+export async function startPortal(opts: { listen: string; array: StorageArray; faults: FaultPlan; logger: Logger; metrics?: PortalMetrics; tls?: TlsMaterial }): Promise<RunningPortal> {
+  const at = parseListen('portal-listen', opts.listen);
   const sockets = new Set<Socket>();
   const accept = (socket: Socket, mtls?: { identity: PeerIdentity | undefined }): void => {
     new Session(socket, opts.array, opts.faults, opts.logger, opts.metrics, mtls);
@@ -220,24 +219,17 @@ export function startPortal(opts: { listen: string; array: StorageArray; faults:
     opts.logger.warn('portal TLS handshake refused', { peer: `${socket.remoteAddress}:${socket.remotePort}`, error: err.message });
     socket.destroy();
   });
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(Number(m[2]), host, () => {
-      server.off('error', reject);
-      const addr = server.address() as { address: string; port: number };
-      const shown = addr.address.includes(':') ? `[${addr.address}]` : addr.address;
-      resolve({
-        address: `${shown}:${addr.port}`,
-        port: addr.port,
-        dropSessions: () => {
-          for (const s of sockets) s.destroy();
-        },
-        close: () =>
-          new Promise<void>((done) => {
-            server.close(() => done());
-            for (const s of sockets) s.destroy();
-          }),
-      });
-    });
-  });
+  const { address, port } = await listenTcp(server, at);
+  return {
+    address,
+    port,
+    dropSessions: () => {
+      for (const s of sockets) s.destroy();
+    },
+    close: () =>
+      new Promise<void>((done) => {
+        server.close(() => done());
+        for (const s of sockets) s.destroy();
+      }),
+  };
 }
